@@ -1,0 +1,145 @@
+"""The transformer backbone shared by every objective.
+
+An encoder-only transformer (pre-LayerNorm, sinusoidal positions, fused QKV projection,
+`scaled_dot_product_attention`). With `causal=True` the same network is the AR baseline.
+With `time_conditioning=True` an MLP embedding of the total noise sbar is added to every
+position (the seed's design); for the absorbing process it is off by default, which costs
+nothing in likelihood (MDLM) and makes the sampler's cache exact.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class NetConfig:
+    vocab_in: int  # input states (real tokens, plus the mask for the absorbing process)
+    vocab_out: int  # output columns (real tokens)
+    max_len: int
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    mlp_ratio: int = 4
+    dropout: float = 0.0
+    causal: bool = False
+    time_conditioning: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS: dict[str, dict] = {
+    "tiny": dict(d_model=32, n_layers=2, n_heads=2),
+    "small": dict(d_model=256, n_layers=4, n_heads=4),
+    "medium": dict(d_model=384, n_layers=6, n_heads=6),
+}
+
+
+def sinusoid(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """Transformer sinusoidal features of (possibly fractional) positions: [..., dim]."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=positions.device) / half)
+    angles = positions[..., None].float() * freqs
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: NetConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.causal = cfg.causal
+        self.dropout = cfg.dropout
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)  # one fused matmul instead of three
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+
+    def forward(self, x: torch.Tensor, kv_cache: dict | None = None) -> torch.Tensor:
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+        is_causal = self.causal
+        if kv_cache is not None:  # incremental AR decoding: append this step's keys and values
+            if "k" in kv_cache:
+                k = torch.cat([kv_cache["k"], k], dim=2)
+                v = torch.cat([kv_cache["v"], v], dim=2)
+                is_causal = L > 1  # one new query may attend to every cached position
+            kv_cache["k"], kv_cache["v"] = k, v
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.proj(y.transpose(1, 2).reshape(B, L, D))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: NetConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.attn = SelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.d_model, cfg.mlp_ratio * cfg.d_model),
+            nn.GELU(approximate="tanh"),
+            nn.Linear(cfg.mlp_ratio * cfg.d_model, cfg.d_model),
+            nn.Dropout(cfg.dropout),
+        )
+
+    def forward(self, x: torch.Tensor, kv_cache: dict | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), kv_cache)
+        return x + self.mlp(self.ln2(x))
+
+
+class Transformer(nn.Module):
+    """net(x [B, L] int, sbar [B] or None) -> output [B, L, vocab_out] (raw; objectives parameterise it)."""
+
+    def __init__(self, cfg: NetConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_in, cfg.d_model)
+        self.register_buffer("positions", sinusoid(torch.arange(cfg.max_len), cfg.d_model), persistent=False)
+        if cfg.time_conditioning:
+            self.time_mlp = nn.Sequential(
+                nn.Linear(cfg.d_model, cfg.d_model), nn.SiLU(), nn.Linear(cfg.d_model, cfg.d_model)
+            )
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_out)
+        self.apply(self._init_weights)
+        # A zero head starts every objective at its uninformed point (uniform scores / probabilities).
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+
+    @property
+    def time_conditioned(self) -> bool:
+        return self.cfg.time_conditioning
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        sbar: torch.Tensor | None = None,
+        kv_caches: list[dict] | None = None,
+        start: int = 0,
+    ) -> torch.Tensor:
+        L = x.shape[1]
+        h = self.embed(x) + self.positions[start : start + L].to(self.embed.weight.dtype)
+        if self.cfg.time_conditioning:
+            # log(sbar) spreads the noise levels of every schedule over a useful range of frequencies
+            h = h + self.time_mlp(sinusoid(torch.log(sbar.float()) * 100.0, self.cfg.d_model))[:, None, :]
+        for i, block in enumerate(self.blocks):
+            h = block(h, None if kv_caches is None else kv_caches[i])
+        return self.head(self.ln_f(h))
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,84 @@
+"""A tiny distribution with exact conditionals, used as the 'network' in the maths tests.
+
+All length-3 sequences over 3 tokens with fixed random probabilities. Everything here is computed
+by brute-force enumeration, independently of the library's closed forms.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+
+
+class ToyDistribution:
+    def __init__(self, V: int = 3, L: int = 3, seed: int = 0):
+        self.V, self.L = V, L
+        g = torch.Generator().manual_seed(seed)
+        self.seqs = torch.tensor(list(itertools.product(range(V), repeat=L)))  # [V^L, L]
+        self.p = torch.distributions.Dirichlet(torch.ones(len(self.seqs), dtype=torch.float64)).sample()
+        self.p = (self.p + 0.02) / (self.p + 0.02).sum()  # keep every sequence reasonably likely
+        del g
+
+    def index(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * (self.V ** torch.arange(self.L - 1, -1, -1))).sum(-1)
+
+    # --- absorbing: p(x0_i = y | unmasked part of x_t) ---------------------------------------
+    def masked_conditionals(self, xt: torch.Tensor, mask_id: int) -> torch.Tensor:
+        """[B, L, V] exact posterior of each position given the unmasked positions of x_t."""
+        consistent = ((xt[:, None, :] == self.seqs[None]) | (xt[:, None, :] == mask_id)).all(-1)  # [B, N]
+        w = consistent * self.p[None]  # [B, N]
+        onehot = torch.nn.functional.one_hot(self.seqs, self.V).double()  # [N, L, V]
+        post = torch.einsum("bn,nlv->blv", w, onehot)
+        return post / post.sum(-1, keepdim=True)
+
+    # --- uniform: the exact concrete score of the noised marginal p_t --------------------------
+    def noised_marginal(self, sbar: float) -> torch.Tensor:
+        """p_t over all V^L sequences, by enumeration of x0 and per-token kernels."""
+        keep = math.exp(-sbar)
+        K = keep * torch.eye(self.V, dtype=torch.float64) + (1 - keep) / self.V  # K[a, b] = P(a | b)
+        trans = K[self.seqs[:, None, :], self.seqs[None, :, :]].prod(-1)  # [N x_t, N x0]
+        return trans @ self.p
+
+    def uniform_scores(self, xt: torch.Tensor, sbar: float) -> torch.Tensor:
+        pt = self.noised_marginal(sbar)
+        B = xt.shape[0]
+        s = torch.empty(B, self.L, self.V, dtype=torch.float64)
+        base = pt[self.index(xt)]
+        for i in range(self.L):
+            for y in range(self.V):
+                x2 = xt.clone()
+                x2[:, i] = y
+                s[:, i, y] = pt[self.index(x2)] / base
+        return s
+
+
+class ExactAbsorbingNet(torch.nn.Module):
+    """Outputs the exact optimum of an absorbing objective: o_y = log(scale * p(x0_i = y | x_t))."""
+
+    time_conditioned = False
+
+    def __init__(self, toy: ToyDistribution, mask_id: int, scale: float):
+        super().__init__()
+        self.toy, self.mask_id, self.log_scale = toy, mask_id, math.log(scale)
+
+    def forward(self, xt, sbar=None):
+        return torch.log(self.toy.masked_conditionals(xt, self.mask_id)) + self.log_scale
+
+
+class ExactUniformNet(torch.nn.Module):
+    """Outputs the exact log concrete score of the uniform process at the given total noise."""
+
+    time_conditioned = True
+
+    def __init__(self, toy: ToyDistribution):
+        super().__init__()
+        self.toy = toy
+
+    def forward(self, xt, sbar):
+        out = torch.empty(xt.shape[0], self.toy.L, self.toy.V, dtype=torch.float64)
+        for value in sbar.unique():
+            rows = sbar == value
+            out[rows] = torch.log(self.toy.uniform_scores(xt[rows], float(value)))
+        return out
