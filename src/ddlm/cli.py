@@ -1,0 +1,472 @@
+"""Command line: `ddlm train | sample | infill | eval`.
+
+`--json` prints exactly one JSON object on stdout; logs and progress bars go to stderr. A mistake in
+the input (file, record, flag, template) prints one line naming it and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .data.fasta import write_fasta
+from .domains import domain_for_spec, domain_from_config
+from .errors import UserError
+from .evaluate.likelihood import evaluate_bound
+from .networks import PRESETS, NetConfig, Transformer
+from .objectives import OBJECTIVES
+from .processes import PROCESSES
+from .run import autocast_dtype, build_objective, load_run, pick_device, read_config, write_config
+from .sampling import STEP_RULES, generate
+from .schedules import SCHEDULES
+from .train import StopTraining, TrainConfig, Trainer
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
+    return value
+
+
+# --- train ----------------------------------------------------------------------------------------
+
+
+def default_schedule(process: str) -> dict:
+    return {"name": "geometric"} if process == "uniform" else {"name": "loglinear", "eps": 1e-3}
+
+
+def new_config(args) -> dict:
+    if args.objective == "mdlm" and args.process != "absorbing":
+        raise UserError("--objective mdlm needs --process absorbing (its SUBS parameterisation is for masking)")
+    kind = domain_for_spec(args.data)
+    data_cfg = {
+        "spec": args.data,
+        "kind": kind,
+        "max_residues": args.max_len,
+        "heldout_fraction": args.heldout_fraction,
+        "skip_invalid": args.skip_invalid,
+    }
+    domain = domain_from_config(data_cfg)
+    V = domain.tokenizer().vocab_size
+    process = PROCESSES[args.process](V)
+    schedule = default_schedule(args.process)
+    if args.schedule:
+        schedule = {"name": args.schedule}
+    objective = OBJECTIVES[args.objective](process, None)
+    vocab_in, vocab_out = objective.net_vocab
+    # Time conditioning: off for the absorbing process (costs nothing, makes caching exact), on otherwise.
+    time_cond = args.time_conditioning if args.time_conditioning is not None else args.process != "absorbing"
+    net = NetConfig(
+        vocab_in=vocab_in,
+        vocab_out=vocab_out,
+        max_len=domain.length,
+        time_conditioning=time_cond,
+        **PRESETS[args.preset],
+    )
+    train = TrainConfig(seed=args.seed, precision=args.precision)
+    for name in ("batch_size", "lr", "warmup", "ema", "eval_every", "checkpoint_every"):
+        if getattr(args, name) is not None:
+            setattr(train, name, getattr(args, name))
+    return {
+        "ddlm_config_version": 1,
+        "data": data_cfg,
+        "tokenizer": domain.tokenizer().config(),
+        "vocab_size": V,
+        "objective": args.objective,
+        "process": args.process,
+        "schedule": schedule,
+        "preset": args.preset,
+        "net": net.to_dict(),
+        "train": train.to_dict(),
+    }
+
+
+def cmd_train(args) -> int:
+    if args.steps is None and args.time_budget is None:
+        args.steps = 2000
+    run_dir = Path(args.out)
+    device = pick_device(args.device)
+    if args.resume:
+        config = read_config(run_dir)
+        domain = domain_from_config(config["data"])
+        train_ids, heldout_ids, info = domain.reload(run_dir)
+    else:
+        if (run_dir / "config.json").exists():
+            raise UserError(f"--out {run_dir}: a run is already there; pass --resume to continue it, or another --out")
+        config = new_config(args)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        domain = domain_from_config(config["data"])
+        train_ids, heldout_ids, info = domain.prepare(run_dir)
+        write_config(run_dir, config)
+    tokenizer = domain.tokenizer()
+    train_cfg = TrainConfig(**{**config["train"], "betas": tuple(config["train"]["betas"])})
+    torch.manual_seed(train_cfg.seed)
+    net = Transformer(NetConfig(**config["net"]))
+    objective = build_objective(config)
+    trainer = Trainer(run_dir, objective, net, train_ids, heldout_ids, tokenizer.real_tokens, train_cfg, device)
+    if args.resume:
+        if not trainer.restore():
+            raise UserError(f"--resume: {run_dir} has no valid checkpoint to resume from")
+        log(f"resuming {run_dir} at step {trainer.step}")
+    log(
+        f"{info['train']} training and {info['heldout']} held-out records "
+        f"({info['duplicates_removed']} duplicates removed, {info['skipped_invalid']} invalid skipped); "
+        f"{net.num_parameters() / 1e6:.2f}M parameters; {config['objective']}/{config['process']}; "
+        f"device {device}, precision {'bf16 autocast' if trainer.amp else 'fp32'}"
+    )
+    try:
+        summary = trainer.fit(args.steps, None if args.time_budget is None else args.time_budget * 60, not args.quiet)
+    except StopTraining as stop:
+        log(f"ddlm: {stop}")
+        return stop.exit_code
+    final = evaluate_bound(
+        trainer.ema_net,
+        objective,
+        heldout_ids,
+        tokenizer.real_tokens(heldout_ids),
+        time_samples=args.eval_time_samples,
+        device=device,
+        autocast_dtype=trainer.amp,
+    )
+    result = {"run": str(run_dir), **summary, "heldout": final}
+    if args.samples:
+        rule = STEP_RULES["tau-leaping"]()
+        ids, nfe, _ = sample_ids(
+            trainer.ema_net,
+            objective,
+            rule,
+            args.samples,
+            domain.length,
+            args.sample_steps,
+            seed=train_cfg.seed,
+            device=device,
+            amp=trainer.amp,
+        )
+        texts, valid = domain.decode(ids)
+        path = run_dir / "samples.fasta"
+        write_fasta(path, [f"sample_{i} valid={v}" for i, v in enumerate(valid)], texts)
+        result["samples"] = {"path": str(path), "n": len(texts), "valid_fraction": sum(valid) / len(valid)}
+    residues = "".join(domain.train_records(run_dir)) if config["data"]["kind"] == "protein" else ""
+    if residues:
+        counts = Counter(residues)
+        total = sum(counts.values())
+        result["composition_entropy_bits"] = -sum(c / total * math.log2(c / total) for c in counts.values())
+    result["loss_plot"] = str(run_dir / "loss.png")
+    result["metrics"] = str(run_dir / "metrics.jsonl")
+    if args.json:
+        print(json.dumps(result))
+    else:
+        h = final
+        print(
+            f"held-out NELBO: {h['bits_per_token']:.4f} bits/token (+- {h['mc_standard_error']:.4f} MC s.e.; "
+            f"{h['tokens']} tokens = residues + end markers, {h['time_samples']} time samples per sequence)"
+            if "mc_standard_error" in h
+            else f"held-out NLL: {h['bits_per_token']:.4f} bits/token"
+        )
+        if "composition_entropy_bits" in result:
+            print(f"amino-acid composition entropy of the training set: {result['composition_entropy_bits']:.4f} bits")
+        print(f"trained {summary['steps']} steps in {summary['seconds'] / 60:.1f} min")
+        if "samples" in result:
+            print(f"samples:     {result['samples']['path']} ({result['samples']['valid_fraction']:.0%} well formed)")
+        print(f"checkpoints: {run_dir / 'checkpoints'}")
+        print(f"loss curve:  {result['loss_plot']}")
+        print(f"metrics:     {result['metrics']}")
+    return 0
+
+
+# --- sample / infill ------------------------------------------------------------------------------
+
+
+def sample_ids(
+    net,
+    objective,
+    rule,
+    n,
+    length,
+    steps,
+    *,
+    seed,
+    device,
+    amp,
+    use_cache=True,
+    clamp=None,
+    clamp_values=None,
+    batch_size=64,
+    progress=False,
+):
+    """n sequences in batches; returns ids [n, L], the largest per-sequence nfe, and seconds."""
+    gen = torch.Generator(device).manual_seed(seed)
+    chunks, nfe = [], 0
+    start = time.perf_counter()
+    bar = tqdm(total=n * (steps + 1), disable=not progress, file=sys.stderr, unit="step", dynamic_ncols=True)
+    for first in range(0, n, batch_size):
+        b = min(batch_size, n - first)
+        c = None if clamp is None else clamp.expand(b, -1).to(device)
+        cv = None if clamp_values is None else clamp_values.expand(b, -1).to(device)
+        with torch.autocast(torch.device(device).type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+            result = generate(
+                net,
+                objective,
+                rule,
+                b,
+                length,
+                steps,
+                clamp=c,
+                clamp_values=cv,
+                generator=gen,
+                use_cache=use_cache,
+                device=device,
+            )
+        chunks.append(result.tokens.cpu())
+        nfe = max(nfe, int(result.nfe.max()))
+        bar.update(b * (steps + 1))
+    bar.close()
+    return torch.cat(chunks), nfe, time.perf_counter() - start
+
+
+def emit_samples(args, texts: list[str], valid: list[bool], nfe: int, seconds: float) -> None:
+    if args.json:
+        print(json.dumps({"samples": texts, "nfe": nfe, "seconds": seconds, "valid": valid}))
+        return
+    ids = [f"sample_{i} valid={v} nfe<={nfe}" for i, v in enumerate(valid)]
+    if args.out:
+        write_fasta(args.out, ids, texts)
+        log(
+            f"wrote {len(texts)} sequences to {args.out} ({nfe} network evaluations per sequence at most, "
+            f"{seconds:.1f} s)"
+        )
+    else:
+        for name, text in zip(ids, texts, strict=True):
+            print(f">{name}\n{text}")
+
+
+def _loaded(args):
+    device = pick_device(args.device)
+    loaded = load_run(args.run, device=device)
+    config = read_config(Path(args.run))
+    amp = autocast_dtype(args.precision, device)
+    return loaded, domain_from_config(config["data"]), device, amp
+
+
+def cmd_sample(args) -> int:
+    loaded, domain, device, amp = _loaded(args)
+    ids, nfe, seconds = sample_ids(
+        loaded.net,
+        loaded.objective,
+        STEP_RULES[args.sampler](),
+        args.n,
+        domain.length,
+        args.steps,
+        seed=args.seed,
+        device=device,
+        amp=amp,
+        use_cache=not args.no_cache,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+    )
+    texts, valid = domain.decode(ids)
+    emit_samples(args, texts, valid, nfe, seconds)
+    return 0
+
+
+def cmd_infill(args) -> int:
+    loaded, domain, device, amp = _loaded(args)
+    clamp, values = domain.template(args.template)
+    ids, nfe, seconds = sample_ids(
+        loaded.net,
+        loaded.objective,
+        STEP_RULES[args.sampler](),
+        args.n,
+        domain.length,
+        args.steps,
+        seed=args.seed,
+        device=device,
+        amp=amp,
+        clamp=clamp[None],
+        clamp_values=values[None],
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+    )
+    texts, valid = domain.decode(ids)
+    emit_samples(args, texts, valid, nfe, seconds)
+    return 0
+
+
+# --- eval -----------------------------------------------------------------------------------------
+
+
+def cmd_eval(args) -> int:
+    loaded, domain, device, amp = _loaded(args)
+    heldout = domain.heldout(Path(args.run))
+    if args.max_sequences:
+        heldout = heldout[: args.max_sequences]
+    tokenizer = domain.tokenizer()
+    bar = tqdm(total=len(heldout), disable=args.quiet, file=sys.stderr, unit="seq", dynamic_ncols=True)
+    result = evaluate_bound(
+        loaded.net,
+        loaded.objective,
+        heldout,
+        tokenizer.real_tokens(heldout),
+        time_samples=args.time_samples,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=device,
+        autocast_dtype=None if args.precision == "auto" else amp,
+        progress=bar,
+    )
+    bar.close()
+    result.update(
+        {
+            "objective": loaded.config["objective"],
+            "process": loaded.config["process"],
+            "step": loaded.checkpoint.step,
+            "weights": "ema",
+        }
+    )
+    if args.json:
+        print(json.dumps(result))
+    else:
+        se = f" +- {result['mc_standard_error']:.4f} (MC s.e.)" if "mc_standard_error" in result else ""
+        print(
+            f"{result['bits_per_token']:.4f} bits/token{se}: {result['bound']} on {result['sequences']} held-out "
+            f"sequences, {result['tokens']} tokens, step {result['step']}"
+        )
+    return 0
+
+
+# --- parser ---------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ddlm", description="Discrete diffusion language models on a CPU.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common_runtime(p):
+        p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+        p.add_argument(
+            "--precision",
+            choices=["auto", "fp32", "bf16"],
+            default="auto",
+            help="auto: bf16 autocast where the hardware supports it fast (fp32 master weights)",
+        )
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    t = sub.add_parser(
+        "train",
+        help="train a model; ends with held-out NELBO and a few samples",
+        description="Train a model on --data into the run directory --out.",
+    )
+    t.add_argument("--data", required=True, help="'acyp' or a FASTA file")
+    t.add_argument("--out", required=True, help="run directory (config, split, checkpoints, metrics, plots)")
+    t.add_argument("--preset", choices=sorted(PRESETS), default="small", help="network size (default small)")
+    budget = t.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=positive_int, help="total optimiser steps (default 2000)")
+    budget.add_argument("--time-budget", type=positive_float, metavar="MIN", help="train for this many minutes")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--objective", choices=sorted(OBJECTIVES), default="sedd")
+    t.add_argument("--process", choices=sorted(PROCESSES), default="absorbing")
+    t.add_argument("--schedule", choices=sorted(SCHEDULES), help="default: loglinear (absorbing), geometric (uniform)")
+    tc = t.add_mutually_exclusive_group()
+    tc.add_argument(
+        "--time-conditioning",
+        dest="time_conditioning",
+        action="store_true",
+        default=None,
+        help="feed the network the noise level (default: off for absorbing, on for uniform)",
+    )
+    tc.add_argument("--no-time-conditioning", dest="time_conditioning", action="store_false")
+    t.add_argument("--batch-size", type=positive_int)
+    t.add_argument("--lr", type=positive_float)
+    t.add_argument("--warmup", type=positive_int)
+    t.add_argument("--ema", type=float)
+    t.add_argument("--eval-every", type=positive_int)
+    t.add_argument("--checkpoint-every", type=positive_int)
+    t.add_argument("--max-len", type=positive_int, default=127, help="longest record in residues (default 127)")
+    t.add_argument("--heldout-fraction", type=float, default=0.05)
+    t.add_argument("--skip-invalid", action="store_true", help="skip and count bad records instead of stopping")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its newest good checkpoint")
+    t.add_argument("--samples", type=int, default=16, help="sequences to sample at the end into RUN/samples.fasta")
+    t.add_argument("--sample-steps", type=positive_int, default=128)
+    t.add_argument("--eval-time-samples", type=positive_int, default=4)
+    t.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
+    common_runtime(t)
+    t.set_defaults(func=cmd_train)
+
+    def sampling_args(p, default_n):
+        p.add_argument("run", help="run directory")
+        p.add_argument("--n", type=positive_int, default=default_n, help="number of sequences")
+        p.add_argument("--steps", type=positive_int, default=128, help="reverse-process steps")
+        p.add_argument("--sampler", choices=sorted(STEP_RULES), default="tau-leaping")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--batch-size", type=positive_int, default=64)
+        p.add_argument("--out", help="FASTA file to write (default: stdout)")
+        p.add_argument("--json", action="store_true", help='print {"samples", "nfe", "seconds"} as one JSON object')
+        common_runtime(p)
+
+    s = sub.add_parser("sample", help="sample sequences from a trained run")
+    sampling_args(s, 16)
+    s.add_argument("--no-cache", action="store_true", help="re-run the network at every step (for comparison)")
+    s.set_defaults(func=cmd_sample)
+
+    i = sub.add_parser(
+        "infill",
+        help="fill the '_' positions of a template",
+        description="Sample the '_' positions of --template; every other position is kept as given.",
+    )
+    sampling_args(i, 4)
+    i.add_argument("--template", required=True, help="residues with '_' at each position to fill, e.g. MKV__LL_A")
+    i.set_defaults(func=cmd_infill)
+
+    e = sub.add_parser("eval", help="held-out likelihood bound in bits per token")
+    e.add_argument("run", help="run directory")
+    e.add_argument("--time-samples", type=positive_int, default=8, help="time samples per sequence (diffusion)")
+    e.add_argument("--batch-size", type=positive_int, default=64)
+    e.add_argument("--max-sequences", type=positive_int, help="evaluate only the first N held-out sequences")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--json", action="store_true")
+    common_runtime(e)
+    e.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"ddlm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ddlm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""FASTA reading with validation that names the file, the record and the position of every problem."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UserError
+
+
+@dataclass
+class FastaRecords:
+    ids: list[str]
+    seqs: list[str]
+    skipped: list[str] = field(default_factory=list)  # "record: reason" for each record left out
+
+
+def _records(path: Path):
+    """Yield (header, sequence, line number of the header); sequences may span lines."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory, expected a FASTA file") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not a text file (byte {e.start} is not UTF-8)") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    header, lineno, chunks = None, 0, []
+    for n, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or (header is None and line.startswith(";")):
+            continue
+        if line.startswith(">"):
+            if header is not None:
+                yield header, "".join(chunks), lineno
+            header, lineno, chunks = line[1:].strip(), n, []
+        elif header is None:
+            raise UserError(f"{path}:{n}: sequence data before the first '>' header; is this a FASTA file?")
+        else:
+            chunks.append(line)
+    if header is not None:
+        yield header, "".join(chunks), lineno
+
+
+def read_fasta(path: str | Path, alphabet: str, max_len: int, skip_invalid: bool = False) -> FastaRecords:
+    """Read every record; a record that is empty, too long or holds a letter outside `alphabet` is an
+    error naming file, record and position, or, with `skip_invalid`, is left out and listed in `skipped`.
+    Sequences are never altered (no upper-casing, no substitution)."""
+    path = Path(path)
+    allowed = set(alphabet)
+    out = FastaRecords([], [])
+    for header, seq, lineno in _records(path):
+        name = header.split()[0] if header else f"(unnamed record at line {lineno})"
+        problem = None
+        if not seq:
+            problem = "empty sequence"
+        elif len(seq) > max_len:
+            problem = f"length {len(seq)} exceeds the maximum {max_len} (see --max-len)"
+        else:
+            bad = next((i for i, c in enumerate(seq) if c not in allowed), None)
+            if bad is not None:
+                problem = f"letter {seq[bad]!r} at position {bad + 1} is not in the alphabet {alphabet}"
+        if problem is None:
+            out.ids.append(name)
+            out.seqs.append(seq)
+        elif skip_invalid:
+            out.skipped.append(f"{name}: {problem}")
+        else:
+            raise UserError(f"{path}:{lineno}: record {name!r}: {problem} (use --skip-invalid to skip such records)")
+    if not out.seqs:
+        raise UserError(f"{path}: no valid FASTA records found")
+    return out
+
+
+def write_fasta(path: str | Path, ids: list[str], seqs: list[str]) -> None:
+    with open(path, "w") as f:
+        for name, seq in zip(ids, seqs, strict=True):
+            f.write(f">{name}\n{seq}\n")

@@ -1,0 +1,684 @@
+"""Text corpora for language modelling: sources, tokenizers (characters or byte-level BPE) and packing.
+
+Sources (`--data`):
+
+- ``tinystories``: ``$DDLM_DATA_DIR/tinystories/{train,validation}.txt`` when both exist. ``train.txt``
+  holds one story per line group: stories are split on the regex ``(?<=\\S)\\n(?=\\S)`` (a single line
+  break between two non-blank lines; paragraphs inside a story are separated by a blank line). The file's
+  final line break is not part of the last story. ``validation.txt`` cannot be split into stories
+  exactly (stories and paragraphs are both separated by a blank line), so the held-out split is that whole
+  file as one continuous stream. Without local files, the first N stories of the ``train`` and
+  ``validation`` splits of ``roneneldan/TinyStories`` are streamed with Hugging Face ``datasets``
+  (N = ``max_docs``, default 20000, and max_docs // 10, default 2000), and kept as JSON lines in the
+  user cache (``~/.cache/ddlm/tinystories/``) so later runs need no network.
+- ``tinyshakespeare``: ``input.txt`` of karpathy/char-rnn (``$DDLM_DATA_DIR``, then the cache, then
+  downloaded and checked by SHA-256). One stream; the held-out split is its last 10% of characters.
+- ``text8``: ``$DDLM_DATA_DIR/text8_subset/text8-100k.txt`` (the first 100k characters of text8) when it
+  exists; the held-out split is then its last 10% of characters. Otherwise the full text8, the zip at
+  http://mattmahoney.net/dc/text8.zip (``$DDLM_DATA_DIR/text8/text8.zip``, then the cache, then
+  downloaded), split as is standard: the first 90M characters train, the next 5M are the held-out split
+  (the last 5M, the usual test split, are not used).
+- any other value is a path to a UTF-8 text file. Documents are separated by one or more blank lines
+  (lines holding only whitespace); the line breaks inside a document are kept, the separators (and the
+  file's final line break) are not. A document is held out when the SHA-256 of its UTF-8 text falls in the
+  lowest 5% (`proteins.is_heldout`), so the split does not depend on file order and identical documents
+  always land on the same side. A file with a single document holds out its last 5% of characters.
+
+The text is never altered: TinyStories' mojibake (``â€™`` for ``’``) is kept as it is, and so are
+whitespace, case and any other oddity. The only thing removed is the document separators named above.
+
+Tokenizers (`--tokenizer`):
+
+- ``char``: `TextCharTokenizer`. The alphabet is the sorted set of characters of the *training* split;
+  then the end-of-text token, then ``<unk>``. Held-out characters missing from the training alphabet are
+  encoded as ``<unk>`` (one token per character, never dropped) and counted in ``info``.
+- ``bpe:N``: `BPETokenizer`, a byte-level BPE (Hugging Face ``tokenizers``) with N tokens in all,
+  trained on the training split only; all 256 bytes are in its vocabulary, so nothing is ever unknown.
+  It is saved as ``RUN/tokenizer.json``.
+
+In both, the end-of-text token (EOT) is added only between documents: a literal ``<|endoftext|>`` in
+the text is encoded as ordinary characters/bytes, and `decode` shows the EOT as ``<|endoftext|>``.
+
+Packing: the documents of a split are joined with EOT (``d1 EOT d2 EOT ... dn``, no EOT after the last),
+the token stream is cut into consecutive blocks of ``block_size`` tokens and the last partial block is
+dropped (``info["<split>_tokens_dropped"]``). Every position of a block is a real token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import re
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from .proteins import is_heldout
+from .sources import RemoteFile, cache_dir, resolve, sha256_of
+from .tokenizers import CharTokenizer
+
+EOT = "<|endoftext|>"
+UNK = "<unk>"
+OUT_OF_VOCAB = "\ufffd"  # how `decode` shows an id outside the vocabulary (for example a mask token)
+NAMES = ("tinystories", "tinyshakespeare", "text8")
+
+TINYSHAKESPEARE = RemoteFile(
+    name="tinyshakespeare",
+    relpath="tinyshakespeare/input.txt",
+    url="https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+    sha256="86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+)
+TEXT8 = RemoteFile(name="text8", relpath="text8/text8.zip", url="http://mattmahoney.net/dc/text8.zip", sha256=None)
+TEXT8_SUBSET = "text8_subset/text8-100k.txt"
+TINYSTORIES_HF = "roneneldan/TinyStories"
+TINYSTORIES_STORY_BREAK = re.compile(r"(?<=\S)\n(?=\S)")
+BLANK_LINES = re.compile(r"\n(?:[^\S\n]*\n)+")  # a line break followed by one or more whitespace-only lines
+
+STREAM_HELDOUT_FRACTION = 0.10  # tinyshakespeare, text8 subset
+PATH_HELDOUT_FRACTION = 0.05  # documents of a PATH.txt file (or characters of a single-document file)
+
+
+# ------------------------------------------------------------------------------------------------
+# Tokenizers
+
+
+class TextCharTokenizer:
+    """Characters of the training text (ids 0..n-1, in the given order), then EOT (n), then <unk> (n+1).
+
+    `encode` maps characters outside the alphabet to <unk>; `encode_counted` also returns how many.
+    `decode` shows EOT as ``<|endoftext|>``, <unk> as ``<unk>`` and ids outside the vocabulary as U+FFFD.
+    """
+
+    markers = False  # no BOS/EOS/PAD: packed blocks are all real tokens
+    bos_id = eos_id = pad_id = None
+
+    def __init__(self, alphabet: str):
+        if len(set(alphabet)) != len(alphabet) or not alphabet:
+            raise UserError(f"character tokenizer: the alphabet must be non-empty and without repeats: {alphabet!r}")
+        self.alphabet = alphabet
+        self.eot_id = len(alphabet)
+        self.unk_id = len(alphabet) + 1
+        codes = np.frombuffer(alphabet.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        self._order = np.argsort(codes, kind="stable")
+        self._codes = codes[self._order]
+
+    @classmethod
+    def from_text(cls, texts: list[str]) -> TextCharTokenizer:
+        return cls("".join(sorted(set().union(*map(set, texts)))))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.alphabet) + 2
+
+    def config(self) -> dict:
+        return {"type": "text-char", "alphabet": self.alphabet}
+
+    def encode_counted(self, text: str) -> tuple[np.ndarray, int]:
+        """int64 ids of `text` and the number of characters that became <unk>."""
+        codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        pos = np.minimum(np.searchsorted(self._codes, codes), len(self._codes) - 1)
+        known = self._codes[pos] == codes
+        ids = np.where(known, self._order[pos], self.unk_id).astype(np.int64)
+        return ids, int((~known).sum())
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_counted(text)[0].tolist()
+
+    def decode(self, ids: list[int] | torch.Tensor) -> tuple[str, bool]:
+        """The text of `ids`; always well formed (True): any sequence of tokens is text."""
+        n = len(self.alphabet)
+        out = []
+        for i in (int(i) for i in ids):
+            if 0 <= i < n:
+                out.append(self.alphabet[i])
+            else:
+                out.append(EOT if i == self.eot_id else UNK if i == self.unk_id else OUT_OF_VOCAB)
+        return "".join(out), True
+
+    def real_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """[N] number of real tokens per row: every position of a packed block."""
+        return torch.full(ids.shape[:1], ids.shape[1], dtype=torch.long)
+
+    def chars_per_id(self) -> torch.Tensor:
+        """[V] characters each token stands for: 1 for every token (EOT stands for the document break)."""
+        return torch.ones(self.vocab_size, dtype=torch.long)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map, which the ByteLevel pre-tokenizer uses."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(bs, cs, strict=True)}
+
+
+def _import_tokenizers():
+    try:
+        import tokenizers
+    except ImportError as e:
+        raise UserError(
+            f"--tokenizer bpe:N needs the Hugging Face tokenizers package ({e}); pip install 'tokenizers>=0.19'"
+        ) from None
+    return tokenizers
+
+
+class BPETokenizer:
+    """Byte-level BPE: ByteLevel pre-tokenizer (no prefix space) and decoder, EOT as its only special token.
+
+    Decoding a block that starts or ends inside a multi-byte character shows U+FFFD for the partial bytes.
+    """
+
+    FILE = "tokenizer.json"
+    markers = False
+    bos_id = eos_id = pad_id = None
+
+    def __init__(self, tok, source: str = "memory"):
+        self._tok = tok
+        self._tok.encode_special_tokens = True  # a literal "<|endoftext|>" in the text is just text
+        eot = tok.token_to_id(EOT)
+        if eot is None:
+            raise UserError(f"{source}: the BPE tokenizer has no {EOT} token")
+        self.eot_id = eot
+        self._json = tok.to_str()
+
+    @classmethod
+    def train(cls, docs: list[str], vocab_size: int) -> BPETokenizer:
+        tk = _import_tokenizers()
+        tok = tk.Tokenizer(tk.models.BPE())
+        tok.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = tk.decoders.ByteLevel()
+        trainer = tk.trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=[EOT],
+            initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes: nothing is unknown
+            show_progress=False,
+        )
+        tok.train_from_iterator(docs, trainer, length=len(docs))
+        return cls(tok)
+
+    @classmethod
+    def load(cls, path: Path) -> BPETokenizer:
+        tk = _import_tokenizers()
+        try:
+            tok = tk.Tokenizer.from_file(str(path))
+        except Exception as e:
+            raise UserError(f"{path}: not a readable tokenizers JSON file ({e})") from None
+        return cls(tok, source=str(path))
+
+    def to_str(self) -> str:
+        return self._json
+
+    def save_to(self, run_dir: Path) -> Path:
+        path = Path(run_dir) / self.FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self._json, encoding="utf-8")
+        return path
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def config(self) -> dict:
+        sha = hashlib.sha256(self._json.encode("utf-8")).hexdigest()
+        return {"type": "bpe", "vocab_size": self.vocab_size, "file": self.FILE, "sha256": sha}
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: list[int] | torch.Tensor) -> tuple[str, bool]:
+        """The text of `ids` (EOT shown as ``<|endoftext|>``); always well formed (True)."""
+        ids = [int(i) for i in ids]
+        V = self.vocab_size
+        parts, run = [], []
+        for i in ids:
+            if 0 <= i < V:
+                run.append(i)
+            else:  # the tokenizers library would skip it silently
+                parts.append(self._tok.decode(run, skip_special_tokens=False) if run else "")
+                parts.append(OUT_OF_VOCAB)
+                run = []
+        parts.append(self._tok.decode(run, skip_special_tokens=False) if run else "")
+        return "".join(parts), True
+
+    def real_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """[N] number of real tokens per row: every position of a packed block."""
+        return torch.full(ids.shape[:1], ids.shape[1], dtype=torch.long)
+
+    def chars_per_id(self) -> torch.Tensor:
+        """[V] characters each token stands for: the number of UTF-8 lead bytes (bytes that start a
+        character) among its bytes, so a character split across tokens is counted once, in the token
+        holding its first byte; EOT counts 1 (it stands for the document break)."""
+        byte_of = {c: b for b, c in _bytes_to_unicode().items()}
+        out = torch.zeros(self.vocab_size, dtype=torch.long)
+        for token, i in self._tok.get_vocab(with_added_tokens=True).items():
+            if i == self.eot_id:
+                out[i] = 1
+            else:
+                out[i] = sum(1 for c in token if (byte_of[c] & 0xC0) != 0x80)
+        return out
+
+
+TextTokenizer = TextCharTokenizer | BPETokenizer
+
+
+def tokenizer_from_config(cfg: dict, run_dir: Path) -> TextTokenizer | CharTokenizer:
+    """Rebuild a tokenizer from its `config()`; a BPE is read from `run_dir` and checked by SHA-256."""
+    kind = cfg.get("type")
+    if kind == "text-char":
+        return TextCharTokenizer(cfg["alphabet"])
+    if kind == "char":
+        return CharTokenizer(cfg["alphabet"], cfg.get("markers", True))
+    if kind == "bpe":
+        path = Path(run_dir) / cfg.get("file", BPETokenizer.FILE)
+        if not path.is_file():
+            raise UserError(f"{path}: the run's BPE tokenizer file is missing")
+        tok = BPETokenizer.load(path)
+        if cfg.get("sha256") and tok.config()["sha256"] != cfg["sha256"]:
+            raise UserError(f"{path}: this is not the tokenizer the run was trained with (SHA-256 differs)")
+        return tok
+    raise UserError(f"tokenizer config: unknown type {kind!r} (expected text-char, char or bpe)")
+
+
+def parse_tokenizer_spec(spec: str) -> int | None:
+    """None for "char", N for "bpe:N"."""
+    if spec == "char":
+        return None
+    m = re.fullmatch(r"bpe:(\d+)", spec)
+    if not m:
+        raise UserError(f"--tokenizer {spec}: expected char or bpe:N (for example bpe:4096)")
+    n = int(m.group(1))
+    if n < 257:
+        raise UserError(f"--tokenizer {spec}: a byte-level BPE needs N >= 257 (256 bytes and the end-of-text token)")
+    return n
+
+
+# ------------------------------------------------------------------------------------------------
+# Sources
+
+
+@dataclass
+class TextSplits:
+    """The documents of each split, before tokenization."""
+
+    train: list[str]
+    heldout: list[str]
+    info: dict = field(default_factory=dict)
+
+
+def read_text_file(path: Path, flag: str | None = None) -> str:
+    """The UTF-8 text of `path`; UserError naming the file if it is missing, not UTF-8 or empty."""
+    where = f"{flag} {path}" if flag else str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{where}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"{where}: is a directory, not a text file") from None
+    except OSError as e:
+        raise UserError(f"{where}: cannot read ({e.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise UserError(
+            f"{where}: not UTF-8 text: byte {e.start} (line {line}) is {raw[e.start : e.start + 1]!r} ({e.reason})"
+        ) from None
+    if not text.strip():
+        raise UserError(f"{where}: the file is empty" if not text else f"{where}: the file holds only whitespace")
+    return text
+
+
+def _without_final_newline(text: str) -> str:
+    return text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
+
+
+def _split_stream(text: str, fraction: float) -> tuple[str, str]:
+    n_held = max(1, round(len(text) * fraction))
+    return text[:-n_held], text[-n_held:]
+
+
+def _local(relpath: str) -> Path | None:
+    data_dir = os.environ.get("DDLM_DATA_DIR")
+    if data_dir and (Path(data_dir) / relpath).is_file():
+        return Path(data_dir) / relpath
+    return None
+
+
+def _check_max_docs(name: str, max_docs: int | None) -> None:
+    if max_docs is not None:
+        raise UserError(f"--max-docs {max_docs}: --data {name} is one continuous text, it has no documents to count")
+
+
+def _tinystories(max_docs: int | None) -> TextSplits:
+    train_path, val_path = _local("tinystories/train.txt"), _local("tinystories/validation.txt")
+    if max_docs is not None and max_docs < 1:
+        raise UserError(f"--max-docs {max_docs}: must be at least 1")
+    if train_path and val_path:
+        stories = TINYSTORIES_STORY_BREAK.split(_without_final_newline(read_text_file(train_path, "--data")))
+        stories = [s for s in stories if s]
+        total = len(stories)
+        stories = stories[:max_docs] if max_docs else stories
+        return TextSplits(
+            stories,
+            [read_text_file(val_path, "--data")],
+            {
+                "source": str(train_path),
+                "sha256": sha256_of(train_path),
+                "heldout_source": str(val_path),
+                "heldout_sha256": sha256_of(val_path),
+                "documents_in_file": total,
+                "heldout_split": "validation.txt as one continuous stream (story boundaries are not recoverable)",
+            },
+        )
+    n_train = max_docs or 20000
+    n_val = max(1, n_train // 10) if max_docs else 2000
+    train = _hf_tinystories("train", n_train)
+    val = _hf_tinystories("validation", n_val)
+    return TextSplits(
+        [s for s in train if s],
+        [s for s in val if s],
+        {
+            "source": f"hf:{TINYSTORIES_HF} train[:{n_train}]",
+            "heldout_source": f"hf:{TINYSTORIES_HF} validation[:{n_val}]",
+            "empty_stories_skipped": sum(1 for s in train + val if not s),
+            "heldout_split": f"the first {n_val} stories of the validation split",
+        },
+    )
+
+
+def _hf_tinystories(split: str, n: int) -> list[str]:
+    """The first `n` stories of a TinyStories split: from the user cache, else streamed and then cached."""
+    cached = cache_dir() / "tinystories" / f"hf-{split}-{n}.jsonl"
+    if cached.is_file():
+        with open(cached, encoding="utf-8") as f:
+            return [json.loads(line) for line in f]
+    data_dir = os.environ.get("DDLM_DATA_DIR")
+    looked = f"{data_dir}/tinystories/{{train,validation}}.txt" if data_dir else "$DDLM_DATA_DIR (not set)"
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(TINYSTORIES_HF, split=split, streaming=True)
+        stories = [row["text"] for row in itertools.islice(ds, n)]
+    except Exception as e:  # not installed, offline, hub error: all mean "not available"; say why
+        raise UserError(
+            f"--data tinystories: not found in {looked} and streaming {TINYSTORIES_HF} ({split}) with Hugging Face "
+            f"datasets failed ({type(e).__name__}: {e}). Set DDLM_DATA_DIR to a folder holding "
+            "tinystories/train.txt and tinystories/validation.txt, or install datasets and go online, "
+            "or pass --data PATH to a local text file."
+        ) from None
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cached.parent, suffix=".part")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(s) + "\n" for s in stories)
+    os.replace(tmp, cached)
+    return stories
+
+
+def _tinyshakespeare(max_docs: int | None) -> TextSplits:
+    _check_max_docs("tinyshakespeare", max_docs)
+    path = resolve(TINYSHAKESPEARE)
+    train, held = _split_stream(read_text_file(path, "--data"), STREAM_HELDOUT_FRACTION)
+    info = {"source": str(path), "sha256": sha256_of(path), "heldout_split": "the last 10% of the characters"}
+    return TextSplits([train], [held], info)
+
+
+def _text8(max_docs: int | None) -> TextSplits:
+    _check_max_docs("text8", max_docs)
+    subset = _local(TEXT8_SUBSET)
+    if subset:
+        train, held = _split_stream(read_text_file(subset, "--data"), STREAM_HELDOUT_FRACTION)
+        info = {
+            "source": str(subset),
+            "sha256": sha256_of(subset),
+            "heldout_split": "the last 10% of the characters of the 100k-character text8 subset",
+        }
+        return TextSplits([train], [held], info)
+    path = resolve(TEXT8)
+    try:
+        with zipfile.ZipFile(path) as z:
+            text = z.read("text8").decode("utf-8")
+    except (zipfile.BadZipFile, KeyError, UnicodeDecodeError) as e:
+        raise UserError(f"--data text8: {path} is not the text8 zip (a zip holding the file text8): {e}") from None
+    if len(text) != 100_000_000:
+        raise UserError(f"--data text8: {path} holds {len(text)} characters, expected 100,000,000")
+    info = {
+        "source": str(path),
+        "sha256": sha256_of(path),
+        "heldout_split": "characters 90M..95M (standard validation split; the last 5M test characters are unused)",
+    }
+    return TextSplits([text[:90_000_000]], [text[90_000_000:95_000_000]], info)
+
+
+def _text_file(path: Path, max_docs: int | None) -> TextSplits:
+    text = read_text_file(path, "--data")
+    docs = [d for d in BLANK_LINES.split(_without_final_newline(text)) if d.strip()]
+    total = len(docs)
+    if max_docs is not None:
+        if max_docs < 1:
+            raise UserError(f"--max-docs {max_docs}: must be at least 1")
+        docs = docs[:max_docs]
+    info = {"source": str(path), "sha256": sha256_of(path), "documents_in_file": total}
+    if len(docs) == 1:
+        train, held = _split_stream(docs[0], PATH_HELDOUT_FRACTION)
+        return TextSplits([train], [held], {**info, "heldout_split": "one document: its last 5% of characters"})
+    train = [d for d in docs if not is_heldout(d, PATH_HELDOUT_FRACTION)]
+    held = [d for d in docs if is_heldout(d, PATH_HELDOUT_FRACTION)]
+    if not train or not held:
+        raise UserError(
+            f"--data {path}: none of its {len(docs)} documents (separated by blank lines) falls in the "
+            f"{'held-out' if not held else 'training'} split (5% of documents, chosen by SHA-256); add documents, "
+            "or remove the blank lines to make it one document whose last 5% of characters are held out"
+        )
+    return TextSplits(train, held, {**info, "heldout_split": "5% of documents, chosen by SHA-256 of their text"})
+
+
+def load_splits(spec: str, max_docs: int | None = None) -> TextSplits:
+    """The train and held-out documents of `--data spec` (a data set name or a text file's path)."""
+    if spec == "tinystories":
+        splits = _tinystories(max_docs)
+    elif spec == "tinyshakespeare":
+        splits = _tinyshakespeare(max_docs)
+    elif spec == "text8":
+        splits = _text8(max_docs)
+    else:
+        path = Path(spec)
+        if not path.exists():
+            raise UserError(f"--data {spec}: not a data set name ({', '.join(NAMES)}) and no such file")
+        splits = _text_file(path, max_docs)
+    splits.info = {"data": spec, **splits.info}
+    return splits
+
+
+# ------------------------------------------------------------------------------------------------
+# Tokenize and pack
+
+
+@dataclass
+class TextData:
+    tokenizer: TextTokenizer
+    length: int  # block_size
+    train: torch.Tensor  # [N, length] int64
+    heldout: torch.Tensor  # [M, length] int64
+    info: dict
+
+
+def encode_stream(tokenizer: TextTokenizer, docs: list[str]) -> tuple[torch.Tensor, int]:
+    """[T] ids of the documents joined with EOT (d1 EOT d2 ... dn), and the number of <unk> characters."""
+    if isinstance(tokenizer, BPETokenizer):
+        encoded = [np.asarray(ids, dtype=np.int64) for ids in tokenizer.encode_batch(docs)]
+        unk = 0
+    else:
+        pairs = [tokenizer.encode_counted(d) for d in docs]
+        encoded, unk = [p[0] for p in pairs], sum(p[1] for p in pairs)
+    eot = np.array([tokenizer.eot_id], dtype=np.int64)
+    parts = [encoded[0]] if encoded else []
+    for ids in encoded[1:]:
+        parts += [eot, ids]
+    stream = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    return torch.from_numpy(stream), unk
+
+
+def pack(stream: torch.Tensor, block_size: int) -> tuple[torch.Tensor, int]:
+    """[N, block_size] consecutive blocks of `stream`, and the number of tokens dropped at the end."""
+    n = stream.numel() // block_size
+    return stream[: n * block_size].reshape(n, block_size).clone(), stream.numel() - n * block_size
+
+
+def load_text(
+    spec: str,
+    tokenizer: str = "char",
+    block_size: int = 256,
+    run_dir: Path | None = None,
+    max_docs: int | None = None,
+) -> TextData:
+    """Read `--data spec`, build the tokenizer on the training split, and pack both splits into blocks.
+
+    A BPE tokenizer is trained on the training split and, with `run_dir`, saved as RUN/tokenizer.json; if
+    that file already exists it must be the same tokenizer (same data, same N), else UserError.
+
+    `info` has, per split (train, heldout): documents, chars (characters of the documents, separators
+    excluded), tokens (the whole stream, EOTs included), blocks, tokens_dropped; and heldout_unk_chars
+    (characters outside the training alphabet, char tokenizer only) with the distinct ones.
+
+    ``heldout_chars_per_token = heldout_kept_chars / (heldout blocks * block_size)``, where
+    ``heldout_kept_chars`` is the number of characters the kept held-out tokens stand for: each character
+    token, <unk> and EOT counts 1; a BPE token counts the UTF-8 lead bytes among its bytes (a character
+    split across tokens counts once, in the token holding its first byte); EOT counts 1 as it stands for a
+    document break. So bits per character = bits per token / heldout_chars_per_token, over the same
+    kept blocks. It is exactly 1 for the char tokenizer.
+    """
+    n_bpe = parse_tokenizer_spec(tokenizer)
+    if block_size < 1:
+        raise UserError(f"--block-size {block_size}: must be at least 1")
+    splits = load_splits(spec, max_docs)
+    if n_bpe is None:
+        tok: TextTokenizer = TextCharTokenizer.from_text(splits.train)
+    else:
+        tok = BPETokenizer.train(splits.train, n_bpe)
+        if run_dir is not None:
+            path = Path(run_dir) / BPETokenizer.FILE
+            if path.is_file():
+                if BPETokenizer.load(path).to_str() != tok.to_str():
+                    raise UserError(
+                        f"{path}: the run directory holds a different tokenizer than the one trained now from "
+                        f"--data {spec} --tokenizer {tokenizer}; use a new run directory"
+                    )
+            else:
+                tok.save_to(run_dir)
+            tok = BPETokenizer.load(path)
+    train_stream, _ = encode_stream(tok, splits.train)
+    held_stream, unk = encode_stream(tok, splits.heldout)
+    train, train_dropped = pack(train_stream, block_size)
+    held, held_dropped = pack(held_stream, block_size)
+    for name, blocks, stream in (("training", train, train_stream), ("held-out", held, held_stream)):
+        if len(blocks) == 0:
+            raise UserError(
+                f"--data {spec}: the {name} split has {stream.numel()} tokens, fewer than one block of "
+                f"--block-size {block_size}"
+            )
+    kept_chars = int(tok.chars_per_id()[held].sum())
+    unknown = ""
+    if unk:
+        alphabet = set(tok.alphabet)
+        unknown = "".join(sorted({c for d in splits.heldout for c in d} - alphabet))
+    info = {
+        **splits.info,
+        "tokenizer": tokenizer,
+        "vocab_size": tok.vocab_size,
+        "block_size": block_size,
+        "train_documents": len(splits.train),
+        "heldout_documents": len(splits.heldout),
+        "train_chars": sum(map(len, splits.train)),
+        "heldout_chars": sum(map(len, splits.heldout)),
+        "train_tokens": train_stream.numel(),
+        "heldout_tokens": held_stream.numel(),
+        "train_blocks": len(train),
+        "heldout_blocks": len(held),
+        "train_tokens_dropped": train_dropped,
+        "heldout_tokens_dropped": held_dropped,
+        "heldout_unk_chars": unk,
+        "heldout_unknown_characters": unknown,
+        "heldout_kept_chars": kept_chars,
+        "heldout_chars_per_token": kept_chars / held.numel(),
+    }
+    return TextData(tok, block_size, train, held, info)
+
+
+# ------------------------------------------------------------------------------------------------
+# The held-out split of a run
+
+HELDOUT_FILE = "heldout.safetensors"
+SPLIT_FILE = "text_split.json"
+
+
+def _tensor_sha256(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()
+
+
+def save_split(data: TextData, run_dir: Path) -> None:
+    """RUN/heldout.safetensors (the held-out blocks), RUN/text_split.json (info, tokenizer config, checksum)
+    and, for BPE, RUN/tokenizer.json: all that evaluation needs to score exactly the same tokens."""
+    from safetensors.torch import save_file
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(data.tokenizer, BPETokenizer):
+        path = run_dir / BPETokenizer.FILE
+        if not path.is_file() or path.read_text(encoding="utf-8") != data.tokenizer.to_str():
+            data.tokenizer.save_to(run_dir)
+    heldout = data.heldout.to(torch.long).contiguous()
+    save_file({"heldout": heldout}, str(run_dir / HELDOUT_FILE))
+    record = {
+        "block_size": data.length,
+        "tokenizer": data.tokenizer.config(),
+        "heldout_shape": list(heldout.shape),
+        "heldout_sha256": _tensor_sha256(heldout),
+        "info": data.info,
+    }
+    (run_dir / SPLIT_FILE).write_text(json.dumps(record, indent=1, ensure_ascii=False), encoding="utf-8")
+
+
+def load_saved(run_dir: Path) -> TextData:
+    """The run's tokenizer and held-out blocks as `save_split` stored them (train is an empty [0, L] tensor)."""
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    split_path, held_path = run_dir / SPLIT_FILE, run_dir / HELDOUT_FILE
+    try:
+        record = json.loads(split_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{split_path}: missing; this run has no saved text split") from None
+    except ValueError as e:
+        raise UserError(f"{split_path}: not valid JSON ({e})") from None
+    tok = tokenizer_from_config(record["tokenizer"], run_dir)
+    try:
+        heldout = load_file(str(held_path))["heldout"]
+    except FileNotFoundError:
+        raise UserError(f"{held_path}: missing; this run has no saved held-out split") from None
+    except Exception as e:
+        raise UserError(f"{held_path}: not a readable safetensors file with a 'heldout' tensor ({e})") from None
+    L = record["block_size"]
+    if (
+        heldout.dtype != torch.long
+        or list(heldout.shape) != record["heldout_shape"]
+        or _tensor_sha256(heldout) != record["heldout_sha256"]
+    ):
+        raise UserError(f"{held_path}: does not match {split_path} (shape, dtype or SHA-256 differ)")
+    if heldout.numel() and (heldout.min() < 0 or heldout.max() >= tok.vocab_size):
+        raise UserError(f"{held_path}: holds ids outside the tokenizer's {tok.vocab_size} tokens")
+    return TextData(tok, L, torch.zeros(0, L, dtype=torch.long), heldout, record["info"])

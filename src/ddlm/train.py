@@ -1,0 +1,288 @@
+"""The training loop: AdamW with warm-up, gradient clipping, EMA weights, held-out NELBO, checkpoints.
+
+Everything random is explicit so a resumed run is bitwise identical to an uninterrupted one: the
+data order of epoch e is a permutation drawn from a generator seeded by (seed, e), so a step number
+alone says which records it sees; the noise generator's state, the global RNG, the optimiser, the
+EMA and the step are all in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .checkpoint import CheckpointDir, load_optimizer, optimizer_tensors
+from .evaluate.likelihood import evaluate_bound
+from .objectives import Objective
+from .run import autocast_dtype
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup: int = 200
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.98)
+    grad_clip: float = 1.0
+    ema: float = 0.999
+    seed: int = 0
+    log_every: int = 25
+    eval_every: int = 250
+    eval_sequences: int = 256
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    precision: str = "auto"
+    max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class StopTraining(Exception):
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def batch_indices(step: int, n: int, batch_size: int, seed: int) -> torch.Tensor:
+    """Records seen at `step` (0-based): consecutive slices of per-epoch permutations, last partial batch dropped."""
+    per_epoch = n // batch_size
+    epoch, k = divmod(step, per_epoch)
+    return epoch_order(n, seed, epoch)[k * batch_size : (k + 1) * batch_size]
+
+
+class Trainer:
+    def __init__(
+        self,
+        run_dir: Path,
+        objective: Objective,
+        net: torch.nn.Module,
+        train_ids: torch.Tensor,
+        heldout_ids: torch.Tensor,
+        real_tokens,
+        cfg: TrainConfig,
+        device: torch.device,
+    ):
+        self.run_dir, self.objective, self.cfg, self.device = Path(run_dir), objective, cfg, device
+        self.net = net.to(device)
+        self.ema_net = copy.deepcopy(self.net).eval()
+        for p in self.ema_net.parameters():
+            p.requires_grad_(False)
+        self.train_ids = train_ids
+        self.heldout_ids = heldout_ids[: cfg.eval_sequences]
+        self.real_tokens = real_tokens
+        if len(train_ids) < cfg.batch_size:
+            raise ValueError(f"{len(train_ids)} training records are fewer than one batch of {cfg.batch_size}")
+        decay, no_decay = [], []
+        for p in self.net.parameters():
+            (decay if p.dim() >= 2 else no_decay).append(p)
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr,
+            betas=cfg.betas,
+            fused=device.type == "cuda",
+        )
+        self.gen = torch.Generator(device).manual_seed(cfg.seed)
+        self.step = 0
+        self.bad_steps_total = 0
+        self.checkpoints = CheckpointDir(self.run_dir, keep=cfg.keep_checkpoints)
+        self.amp = autocast_dtype(cfg.precision, device)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self._signal: int | None = None
+
+    # --- state -----------------------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        return self.cfg.lr * min(1.0, (step + 1) / max(self.cfg.warmup, 1))
+
+    def save(self) -> Path:
+        opt_tensors, opt_meta = optimizer_tensors(self.optimizer)
+        tensors = {f"model.{k}": v for k, v in self.net.state_dict().items()}
+        tensors.update({f"ema.{k}": v for k, v in self.ema_net.state_dict().items()})
+        tensors.update(opt_tensors)
+        tensors["rng.noise"] = self.gen.get_state()
+        tensors["rng.torch"] = torch.get_rng_state()
+        meta = {"optimizer": opt_meta, "bad_steps_total": self.bad_steps_total}
+        return self.checkpoints.save(self.step, tensors, meta)
+
+    def restore(self) -> bool:
+        ckpt = self.checkpoints.latest()
+        if ckpt is None:
+            return False
+        self.net.load_state_dict(ckpt.section("model"))
+        self.ema_net.load_state_dict(ckpt.section("ema"))
+        load_optimizer(self.optimizer, ckpt)
+        self.gen.set_state(ckpt.tensors["rng.noise"])
+        torch.set_rng_state(ckpt.tensors["rng.torch"])
+        self.step = ckpt.step
+        self.bad_steps_total = ckpt.meta.get("bad_steps_total", 0)
+        return True
+
+    # --- one step --------------------------------------------------------------------------------
+    def train_step(self) -> dict | None:
+        """One optimiser step; None if the loss or gradient was not finite (the step is skipped)."""
+        idx = batch_indices(self.step, len(self.train_ids), self.cfg.batch_size, self.cfg.seed)
+        x0 = self.train_ids[idx].to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
+            per_seq = self.objective.loss(self.net, x0, generator=self.gen)
+        loss = per_seq.mean() / x0.shape[1]  # nats per position: scale-free for the optimiser
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip)
+        if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+            return None
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        self.optimizer.step()
+        decay = min(self.cfg.ema, (1 + self.step) / (10 + self.step))
+        with torch.no_grad():
+            torch._foreach_lerp_(list(self.ema_net.parameters()), list(self.net.parameters()), 1 - decay)
+        tokens = self.real_tokens(x0).sum()
+        return {
+            "nats": per_seq.detach().double().sum().item(),
+            "tokens": int(tokens),
+            "positions": x0.numel(),
+            "grad_norm": grad_norm.item(),
+        }
+
+    def heldout_bits(self) -> dict:
+        return evaluate_bound(
+            self.ema_net,
+            self.objective,
+            self.heldout_ids,
+            self.real_tokens(self.heldout_ids),
+            time_samples=1,
+            batch_size=64,
+            seed=1234,  # the same times and noise at every evaluation, so the curve's wiggles are the model's
+            device=self.device,
+            autocast_dtype=self.amp,
+        )
+
+    # --- the loop --------------------------------------------------------------------------------
+    def log(self, record: dict) -> None:
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _on_signal(self, signum, frame) -> None:
+        self._signal = signum
+
+    def fit(self, steps: int | None, time_budget_s: float | None, progress: bool = True) -> dict:
+        """Train until `steps` total steps or `time_budget_s` seconds of this session, then checkpoint."""
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        t0 = time.perf_counter()
+        window = {"nats": 0.0, "tokens": 0, "positions": 0, "steps": 0, "t": t0}
+        consecutive_bad = 0
+        last_eval: dict | None = None
+        total = steps if steps is not None else None
+        bar = tqdm(
+            total=total if total is not None else int(time_budget_s),
+            initial=self.step if total is not None else 0,
+            unit="step" if total is not None else "s",
+            disable=not progress,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+        try:
+            while True:
+                elapsed = time.perf_counter() - t0
+                if steps is not None and self.step >= steps:
+                    break
+                if time_budget_s is not None and elapsed >= time_budget_s:
+                    break
+                if self._signal is not None:
+                    self.save()
+                    name = signal.Signals(self._signal).name
+                    raise StopTraining(f"{name} received: checkpoint saved at step {self.step}", 128 + self._signal)
+                stats = self.train_step()
+                if stats is None:
+                    consecutive_bad += 1
+                    self.bad_steps_total += 1
+                    self.log({"step": self.step, "event": "non-finite loss or gradient: step skipped"})
+                    if consecutive_bad >= self.cfg.max_bad_steps:
+                        self.save()  # parameters are still the last good ones: skipped steps change nothing
+                        raise StopTraining(
+                            f"{consecutive_bad} consecutive non-finite steps at step {self.step}; stopped. "
+                            "The last good state is checkpointed; try a lower --lr.",
+                            1,
+                        )
+                    self.step += 1
+                    continue
+                consecutive_bad = 0
+                self.step += 1
+                for key in ("nats", "tokens", "positions"):
+                    window[key] += stats[key]
+                window["steps"] += 1
+                if self.step % self.cfg.log_every == 0:
+                    now = time.perf_counter()
+                    record = {
+                        "step": self.step,
+                        "train_bits_per_token": window["nats"] / math.log(2) / window["tokens"],
+                        "lr": self.lr_at(self.step - 1),
+                        "grad_norm": stats["grad_norm"],
+                        "positions_per_s": window["positions"] / (now - window["t"]),
+                        "elapsed_s": now - t0,
+                    }
+                    self.log(record)
+                    bar.set_postfix(loss=f"{record['train_bits_per_token']:.3f}", refresh=False)
+                    window = {"nats": 0.0, "tokens": 0, "positions": 0, "steps": 0, "t": now}
+                if self.step % self.cfg.eval_every == 0:
+                    last_eval = self.heldout_bits()
+                    self.log({"step": self.step, "heldout_bits_per_token": last_eval["bits_per_token"]})
+                    bar.set_postfix(heldout=f"{last_eval['bits_per_token']:.3f}", refresh=False)
+                    plot_losses(self.metrics_path, self.run_dir / "loss.png")
+                if self.step % self.cfg.checkpoint_every == 0:
+                    self.save()
+                if total is not None:
+                    bar.update(1)
+                else:
+                    bar.n = min(int(time.perf_counter() - t0), int(time_budget_s))
+                    bar.refresh()
+        finally:
+            bar.close()
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        self.save()
+        plot_losses(self.metrics_path, self.run_dir / "loss.png")
+        return {"steps": self.step, "seconds": time.perf_counter() - t0, "bad_steps": self.bad_steps_total}
+
+
+def plot_losses(metrics_path: Path, out: Path) -> None:
+    """PNG of the training and held-out bits per token against step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train, held = [], []
+    for line in metrics_path.read_text().splitlines():
+        rec = json.loads(line)
+        if "train_bits_per_token" in rec:
+            train.append((rec["step"], rec["train_bits_per_token"]))
+        if "heldout_bits_per_token" in rec:
+            held.append((rec["step"], rec["heldout_bits_per_token"]))
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train (one time sample per sequence)", alpha=0.7)
+    if held:
+        ax.plot(*zip(*held, strict=True), "o-", label="held-out (EMA weights)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("bound, bits per token")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
