@@ -217,6 +217,7 @@ def sample_ids(
     use_cache=True,
     clamp=None,
     clamp_values=None,
+    allowed=None,
     batch_size=64,
     progress=False,
 ):
@@ -239,6 +240,7 @@ def sample_ids(
                 steps,
                 clamp=c,
                 clamp_values=cv,
+                allowed=allowed,
                 generator=gen,
                 use_cache=use_cache,
                 device=device,
@@ -297,7 +299,7 @@ def cmd_sample(args) -> int:
 
 def cmd_infill(args) -> int:
     loaded, domain, device, amp = _loaded(args)
-    clamp, values = domain.template(args.template)
+    clamp, values, allowed = domain.template(args.template)
     ids, nfe, seconds = sample_ids(
         loaded.net,
         loaded.objective,
@@ -310,6 +312,7 @@ def cmd_infill(args) -> int:
         amp=amp,
         clamp=clamp[None],
         clamp_values=values[None],
+        allowed=allowed,
         batch_size=args.batch_size,
         progress=not args.quiet,
     )

@@ -61,9 +61,10 @@ class ProteinDomain:
         )
         return data.train_seqs
 
-    def template(self, template: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Clamp mask and values for a residue template with '_' at each free position.
-        Markers and padding are clamped too, so the infilled protein has exactly the template's length."""
+    def template(self, template: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Clamp mask, values and allowed tokens for a residue template with '_' at each free position.
+        Markers and padding are clamped too, and free positions may only become residues, so the
+        infilled protein has exactly the template's length."""
         if not template:
             raise UserError("--template: empty; give residues with '_' at each position to fill, e.g. M__KV_")
         if len(template) > self.max_residues:
@@ -80,7 +81,9 @@ class ProteinDomain:
         for i, c in enumerate(template):
             if c == "_":
                 clamp[i + 1] = False
-        return clamp, values
+        allowed = torch.zeros(tok.vocab_size, dtype=torch.bool)
+        allowed[: len(proteins.AMINO_ACIDS)] = True
+        return clamp, values, allowed
 
     def decode(self, ids: torch.Tensor) -> tuple[list[str], list[bool]]:
         tok = self.tokenizer()

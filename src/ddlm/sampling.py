@@ -89,6 +89,7 @@ def generate(
     *,
     clamp: torch.Tensor | None = None,
     clamp_values: torch.Tensor | None = None,
+    allowed: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
     t_end: float = 1e-5,
@@ -96,7 +97,12 @@ def generate(
     keep_history: bool = False,
     progress=None,
 ) -> SampleResult:
-    """Sample `batch` sequences of `length` tokens; positions where `clamp` is True are held at `clamp_values`."""
+    """Sample `batch` sequences of `length` tokens.
+
+    Positions where `clamp` is True are held at `clamp_values`. `allowed` ([V] bool) restricts what a
+    position may become (e.g. residues only when infilling a protein): the scores of other tokens are
+    set to zero, which conditions the reverse process on never choosing them.
+    """
     process, schedule = objective.process, objective.schedule
     x = process.prior_sample((batch, length), generator, device)
     if clamp is not None:
@@ -116,7 +122,8 @@ def generate(
             out[idx] = net(x[idx], sbar.expand(len(idx)).to(device)).float()
             nfe[idx] += 1
             fresh[idx] = True
-        return objective.log_score(out, x, sbar.to(device)).exp()
+        s = objective.log_score(out, x, sbar.to(device)).exp()
+        return s if allowed is None else s * allowed.to(s)
 
     for i in range(steps + 1):
         active = ~process.finished(x)

@@ -1,0 +1,154 @@
+"""The CLI contract other issues build on: JSON shapes, nfe bound, infilling, errors with exit code 2."""
+
+import json
+
+import pytest
+from conftest import run_cli
+
+from ddlm.cli import main
+from ddlm.data.proteins import AMINO_ACIDS
+
+
+def json_out(capsys, argv) -> dict:
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1  # exactly one JSON object on stdout
+    return json.loads(out)
+
+
+def test_train_writes_run_directory(tiny_run):
+    for name in ("config.json", "split.json", "heldout.fa", "metrics.jsonl", "loss.png", "samples.fasta"):
+        assert (tiny_run / name).is_file(), name
+    assert any(tiny_run.glob("checkpoints/step-00000040.safetensors"))
+
+
+def test_sample_json_no_mask_and_nfe_bound(tiny_run, capsys):
+    result = json_out(capsys, ["sample", str(tiny_run), "--n", "16", "--steps", "1024", "--json", "--quiet"])
+    assert set(result) >= {"samples", "nfe", "seconds"}
+    assert len(result["samples"]) == 16
+    length = 48 + 2
+    assert result["nfe"] <= length + 1
+    for s in result["samples"]:
+        assert set(s) <= set(AMINO_ACIDS)  # decoded residues only: no mask, no marker
+
+
+def test_no_cache_gives_same_samples(tiny_run, capsys):
+    argv = [
+        "sample",
+        str(tiny_run),
+        "--n",
+        "8",
+        "--steps",
+        "200",
+        "--json",
+        "--quiet",
+        "--seed",
+        "5",
+        "--precision",
+        "fp32",
+    ]
+    cached = json_out(capsys, argv)
+    uncached = json_out(capsys, [*argv, "--no-cache"])
+    assert cached["samples"] == uncached["samples"]
+    assert cached["nfe"] <= 51 < uncached["nfe"] <= 201
+
+
+def test_infill_keeps_template(tiny_run, capsys):
+    template = "M_VK__LL" + "A" * 10 + "____" + "G"
+    result = json_out(capsys, ["infill", str(tiny_run), "--template", template, "--n", "6", "--json", "--quiet"])
+    for sample in result["samples"]:
+        assert len(sample) == len(template)
+        for given, got in zip(template, sample, strict=True):
+            if given != "_":
+                assert got == given
+
+
+def test_eval_json(tiny_run, capsys):
+    result = json_out(capsys, ["eval", str(tiny_run), "--json", "--quiet", "--time-samples", "2"])
+    assert result["bound"] == "nelbo" and result["tokens"] > 0 and result["time_samples"] == 2
+    assert 0 < result["bits_per_token"] < 10 and result["mc_standard_error"] > 0
+
+
+def test_resume_is_bitwise_identical(family, tmp_path):
+    """10 + 10 steps with a resume in between equal 20 uninterrupted steps, bit for bit."""
+    from safetensors.torch import load_file
+
+    common = [
+        "--data",
+        str(family),
+        "--preset",
+        "tiny",
+        "--max-len",
+        "48",
+        "--samples",
+        "0",
+        "--quiet",
+        "--batch-size",
+        "16",
+        "--eval-every",
+        "5",
+        "--checkpoint-every",
+        "100",
+    ]
+    assert main(["train", "--out", str(tmp_path / "a"), "--steps", "20", *common]) == 0
+    assert main(["train", "--out", str(tmp_path / "b"), "--steps", "10", *common]) == 0
+    assert main(["train", "--out", str(tmp_path / "b"), "--steps", "20", "--resume", *common]) == 0
+    a = load_file(tmp_path / "a/checkpoints/step-00000020.safetensors")
+    b = load_file(tmp_path / "b/checkpoints/step-00000020.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].equal(b[k]), k
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["train", "--data", "missing.fa", "--out", "{tmp}/r"], "missing.fa"),
+        (
+            ["train", "--data", "acyp", "--out", "{tmp}/r", "--objective", "mdlm", "--process", "uniform"],
+            "--objective mdlm",
+        ),
+        (["train", "--data", "data.csv", "--out", "{tmp}/r"], "--data data.csv"),
+        (["train", "--data", "acyp", "--out", "{tmp}/r", "--steps", "0"], "--steps"),
+        (["sample", "{tmp}/nowhere"], "nowhere"),
+        (["eval", "{tmp}"], "not a ddlm run directory"),
+    ],
+)
+def test_user_errors_exit_2_without_traceback(tmp_path, args, needle):
+    result = run_cli(*[a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert result.returncode == 2, result.stderr
+    assert needle in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_records_are_named_or_skipped(tmp_path, capsys):
+    bad = tmp_path / "bad.fa"
+    bad.write_text(">ok1\nMKVLA\n>bad1\nMKV1A\n>ok2\nMKKLA\n")
+    assert main(["train", "--data", str(bad), "--out", str(tmp_path / "r"), "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "bad.fa:3" in err and "bad1" in err and "position 4" in err
+
+
+@pytest.mark.parametrize("template,needle", [("MK_Z_", "position 4"), ("M" * 49 + "_", "at most 48"), ("", "empty")])
+def test_bad_templates(tiny_run, capsys, template, needle):
+    assert main(["infill", str(tiny_run), "--template", template, "--quiet"]) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_existing_run_is_never_overwritten(tiny_run, family, capsys):
+    before = sorted(p.name for p in (tiny_run / "checkpoints").iterdir())
+    assert main(["train", "--data", str(family), "--out", str(tiny_run), "--steps", "1"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert sorted(p.name for p in (tiny_run / "checkpoints").iterdir()) == before
+
+
+def test_pickle_checkpoints_are_refused(tmp_path, capsys):
+    (tmp_path / "model.pt").write_bytes(b"\x80\x04not really")
+    assert main(["sample", str(tmp_path)]) == 2
+    assert "pickle" in capsys.readouterr().err
+
+
+def test_help_for_every_command():
+    for command in ("train", "sample", "infill", "eval"):
+        result = run_cli(command, "--help")
+        assert result.returncode == 0 and "usage: ddlm " + command in result.stdout
