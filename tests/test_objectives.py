@@ -87,3 +87,44 @@ def test_uniform_sedd_loss_is_exact_nll_with_exact_scores():
 def test_stratified_times_cover_each_stratum_once():
     t = stratified_times(64, 0.0, torch.Generator().manual_seed(0))
     assert torch.equal((t * 64).floor().long(), torch.arange(64))
+
+
+@pytest.mark.parametrize("objective_cls,scale", [(ScoreEntropy, 3.0), (MDLM, 1.0)], ids=["sedd", "mdlm"])
+def test_mask_count_form_is_exact_nll(objective_cls, scale):
+    """Exact expectation by enumeration: every mask count k and every subset of k positions."""
+    import itertools
+
+    toy = ToyDistribution()
+    process = Absorbing(toy.V)
+    objective = objective_cls(process, LogLinear())
+    net = ExactAbsorbingNet(toy, process.mask_id, scale=scale)
+    L = toy.L
+    for row in [0, 11, 26]:
+        x0 = toy.seqs[row][None]
+        total = 0.0
+        for k in range(1, L + 1):
+            subsets = list(itertools.combinations(range(L), k))
+            for subset in subsets:
+                masked = torch.zeros(1, L, dtype=torch.bool)
+                masked[0, list(subset)] = True
+                value = objective.loss_at_mask_count(net, x0, masked=masked)
+                total += value.item() / len(subsets) / L
+        assert abs(total - (-math.log(toy.p[row].item()))) < 1e-6
+
+
+def test_mask_count_sampler_masks_exactly_k():
+    toy = ToyDistribution()
+    process = Absorbing(toy.V)
+    seen = {}
+
+    def spy(xt, sbar=None):
+        seen["xt"] = xt.clone()
+        return torch.zeros(*xt.shape, toy.V)
+
+    spy.time_conditioned = False
+    objective = MDLM(process, LogLinear())
+    x0 = toy.seqs[torch.arange(27)]
+    k = torch.randint(1, 4, (27,))
+    objective.loss_at_mask_count(spy, x0, k, torch.Generator().manual_seed(0))
+    assert torch.equal((seen["xt"] == process.mask_id).sum(-1), k)
+    assert torch.equal(torch.where(seen["xt"] == process.mask_id, x0, seen["xt"]), x0)

@@ -68,6 +68,32 @@ class DiffusionObjective(Objective):
         """[B, L] per-position integrand; sbar and sigma are [B, 1]."""
         raise NotImplementedError
 
+    def loss_at_mask_count(
+        self, net, x0: torch.Tensor, k: torch.Tensor | None = None, generator=None, masked: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The absorbing NELBO in its discrete form, for a network that ignores time:
+
+            NELBO = E_{k ~ U{1..L}} E_{M: k random positions masked} [ (L / k) sum_{i in M} f_i ],
+
+        because int_0^1 (1/t) Binomial(k; L, t) dt = 1/k. Its weights are bounded by L, unlike the
+        1/t of the time form, whose variance diverges (logarithmically) near t = 0. When the network
+        ignores time, the integrand depends on t only through the weight sigma / expm1(sbar) (the log
+        expm1(sbar) terms cancel), so any (sbar, sigma) with that ratio equal to L / k gives the same
+        value; sbar = log 2 keeps every term finite, k = L included.
+        """
+        if not isinstance(self.process, Absorbing):
+            raise ValueError("the mask-count form of the bound holds for the absorbing process only")
+        B, L = x0.shape
+        if masked is None:  # k positions chosen uniformly at random in each row
+            ranks = torch.rand(B, L, generator=generator, device=x0.device).argsort(-1).argsort(-1)
+            masked = ranks < k[:, None]
+        k = masked.sum(-1)
+        xt = torch.where(masked, self.process.mask_id, x0)
+        sbar = torch.full((B,), math.log(2.0), device=x0.device)  # expm1(sbar) = 1
+        sigma = L / k.float()
+        out = net(xt, sbar).float()
+        return self.position_loss(out, xt, x0, sbar[:, None], sigma[:, None]).sum(-1)
+
     def log_score(self, out: torch.Tensor, xt: torch.Tensor, sbar: torch.Tensor) -> torch.Tensor:
         """log s_y for the V real tokens, [B, L, V]; sbar broadcasts as [B, 1, 1]."""
         raise NotImplementedError

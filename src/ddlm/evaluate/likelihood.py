@@ -45,6 +45,7 @@ def evaluate_bound(
 ) -> dict:
     objective = bound_objective(objective)
     exact = objective.bound == "exact"
+    count_form = not exact and isinstance(objective.process, Absorbing) and not getattr(net, "time_conditioned", True)
     K = 1 if exact else max(time_samples, 1)
     gen = torch.Generator(device).manual_seed(seed)
     total = torch.zeros((), dtype=torch.float64)
@@ -59,8 +60,14 @@ def evaluate_bound(
                 losses = objective.loss(net, x0).double()[:, None]
             else:
                 u = torch.rand(b, K, generator=gen, device=device, dtype=torch.float64)
-                t = ((torch.arange(K, device=device) + u) / K).float().flatten()
-                losses = objective.loss(net, x0.repeat_interleave(K, 0), t=t, generator=gen).double().view(b, K)
+                strata = ((torch.arange(K, device=device) + u) / K).flatten()  # stratified in (0, 1)
+                xs = x0.repeat_interleave(K, 0)
+                if count_form:
+                    k = (strata * x0.shape[1]).floor().long() + 1  # stratified over {1..L}
+                    losses = objective.loss_at_mask_count(net, xs, k, generator=gen)
+                else:
+                    losses = objective.loss(net, xs, t=strata.float(), generator=gen)
+                losses = losses.double().view(b, K)
         losses = losses.cpu()
         total += losses.mean(1).sum()
         if K > 1:
