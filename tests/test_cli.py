@@ -1,6 +1,7 @@
 """The CLI contract other issues build on: JSON shapes, nfe bound, infilling, errors with exit code 2."""
 
 import json
+import math
 
 import pytest
 from conftest import run_cli
@@ -152,3 +153,90 @@ def test_help_for_every_command():
     for command in ("train", "sample", "infill", "eval"):
         result = run_cli(command, "--help")
         assert result.returncode == 0 and "usage: ddlm " + command in result.stdout
+
+
+@pytest.mark.parametrize(
+    "flags,bound",
+    [
+        (["--objective", "mdlm"], "nelbo"),
+        (["--objective", "d3pm", "--diffusion-steps", "50"], "nelbo"),
+        (["--objective", "d3pm", "--process", "uniform", "--diffusion-steps", "50"], "nelbo"),
+        (["--objective", "sedd", "--process", "uniform"], "nelbo"),
+        (["--objective", "ar"], "exact"),
+    ],
+    ids=["mdlm", "d3pm-absorbing", "d3pm-uniform", "sedd-uniform", "ar"],
+)
+def test_every_objective_trains_evaluates_and_samples(family, tmp_path, capsys, flags, bound):
+    run = tmp_path / "run"
+    argv = [
+        "train",
+        "--data",
+        str(family),
+        "--out",
+        str(run),
+        "--preset",
+        "tiny",
+        "--steps",
+        "6",
+        "--max-len",
+        "48",
+        "--samples",
+        "2",
+        "--quiet",
+        "--batch-size",
+        "16",
+        "--eval-every",
+        "3",
+        *flags,
+    ]
+    assert main(argv) == 0
+    capsys.readouterr()
+    result = json_out(capsys, ["eval", str(run), "--json", "--quiet", "--time-samples", "2", "--max-sequences", "8"])
+    assert result["bound"] == bound and math.isfinite(result["bits_per_token"]) and result["bits_per_token"] > 0
+    samples = json_out(capsys, ["sample", str(run), "--n", "3", "--steps", "20", "--json", "--quiet"])
+    assert len(samples["samples"]) == 3
+
+
+@pytest.mark.parametrize("order", ["random", "top-prob", "top-margin"])
+def test_sample_with_order_and_remask(tiny_run, capsys, order):
+    result = json_out(
+        capsys,
+        [
+            "sample",
+            str(tiny_run),
+            "--n",
+            "4",
+            "--steps",
+            "16",
+            "--order",
+            order,
+            "--json",
+            "--quiet",
+            "--order-noise",
+            "0.1",
+        ],
+    )
+    assert len(result["samples"]) == 4 and result["nfe"] <= 17
+    result = json_out(
+        capsys,
+        ["sample", str(tiny_run), "--n", "4", "--steps", "16", "--order", order, "--remask", "--json", "--quiet"],
+    )
+    assert len(result["samples"]) == 4
+
+
+@pytest.mark.parametrize(
+    "flags,needle",
+    [
+        (["--objective", "ar", "--process", "uniform"], "--objective ar"),
+        (["--objective", "sedd", "--diffusion-steps", "10"], "--diffusion-steps"),
+    ],
+)
+def test_bad_objective_combinations(family, tmp_path, capsys, flags, needle):
+    assert main(["train", "--data", str(family), "--out", str(tmp_path / "r"), *flags]) == 2
+    assert needle in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # nothing is written for a rejected command
+
+
+def test_semi_ar_is_rejected_for_proteins(tiny_run, capsys):
+    assert main(["sample", str(tiny_run), "--semi-ar", "--length", "300"]) == 2
+    assert "--semi-ar" in capsys.readouterr().err

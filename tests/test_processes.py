@@ -60,3 +60,13 @@ def test_rate_is_derivative_of_total(schedule):
 def test_loglinear_masking_probability_is_linear():
     t = torch.linspace(0, 1, 11, dtype=torch.float64)
     torch.testing.assert_close(-torch.expm1(-LogLinear(1e-3).total(t)), (1 - 1e-3) * t)
+
+
+@pytest.mark.parametrize("process", [Absorbing(4), Uniform(4)], ids=["absorbing", "uniform"])
+def test_transition_row_and_apply_match_dense_matrix(process):
+    sbar = 0.8
+    P = torch.matrix_exp(sbar * process.rate_matrix())
+    xt = torch.arange(process.num_states)
+    torch.testing.assert_close(process.transition_row(xt, torch.tensor(sbar, dtype=torch.float64)), P[xt, :])
+    v = torch.rand(3, process.num_states, dtype=torch.float64)
+    torch.testing.assert_close(process.transition_apply(v, torch.tensor(sbar, dtype=torch.float64)), v @ P.T)

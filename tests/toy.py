@@ -82,3 +82,30 @@ class ExactUniformNet(torch.nn.Module):
             rows = sbar == value
             out[rows] = torch.log(self.toy.uniform_scores(xt[rows], float(value)))
         return out
+
+
+class ExactARNet(torch.nn.Module):
+    """Causal 'network' whose logits are the exact log p(x_i | x_<i) of the toy distribution.
+    Input: [start, x_1 .. x_{n-1}] (start id = V); output row i predicts x_{i+1}."""
+
+    time_conditioned = False
+
+    def __init__(self, toy: ToyDistribution):
+        super().__init__()
+        self.toy = toy
+
+    def forward(self, inputs, sbar=None):
+        B, n = inputs.shape
+        out = torch.empty(B, n, self.toy.V, dtype=torch.float64)
+        for i in range(n):
+            prefix = inputs[:, 1 : i + 1]  # the tokens before position i
+            match = (
+                (self.toy.seqs[None, :, :i] == prefix[:, None, :]).all(-1)
+                if i
+                else torch.ones(B, len(self.toy.p), dtype=torch.bool)
+            )
+            w = match * self.toy.p[None]
+            nxt = torch.nn.functional.one_hot(self.toy.seqs[:, i], self.toy.V).double()
+            probs = w @ nxt
+            out[:, i] = torch.log(probs / probs.sum(-1, keepdim=True))
+        return out

@@ -10,7 +10,6 @@ import argparse
 import json
 import math
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -22,10 +21,11 @@ from .domains import domain_for_spec, domain_from_config
 from .errors import UserError
 from .evaluate.likelihood import evaluate_bound
 from .networks import PRESETS, NetConfig, Transformer
-from .objectives import OBJECTIVES
+from .objectives import OBJECTIVES, AutoRegressive
+from .ordering import ORDERS
 from .processes import PROCESSES
 from .run import autocast_dtype, build_objective, load_run, pick_device, read_config, write_config
-from .sampling import STEP_RULES, generate
+from .sampling import STEP_RULES, SampleSpec, sample_many
 from .schedules import SCHEDULES
 from .train import StopTraining, TrainConfig, Trainer
 
@@ -61,9 +61,19 @@ def default_schedule(process: str) -> dict:
     return {"name": "geometric"} if process == "uniform" else {"name": "loglinear", "eps": 1e-3}
 
 
-def new_config(args) -> dict:
+def check_combination(args) -> None:
+    """Reject flag combinations that have no meaning, naming the flags."""
     if args.objective == "mdlm" and args.process != "absorbing":
         raise UserError("--objective mdlm needs --process absorbing (its SUBS parameterisation is for masking)")
+    if args.objective == "ar":
+        if args.process != "absorbing" or args.schedule or args.time_conditioning:
+            raise UserError("--objective ar takes no --process, --schedule or --time-conditioning (it has no noise)")
+    if args.objective != "d3pm" and (args.diffusion_steps is not None or args.hybrid_lambda is not None):
+        raise UserError("--diffusion-steps and --hybrid-lambda apply to --objective d3pm only")
+
+
+def new_config(args) -> dict:
+    check_combination(args)
     kind = domain_for_spec(args.data)
     data_cfg = {
         "spec": args.data,
@@ -78,7 +88,15 @@ def new_config(args) -> dict:
     schedule = default_schedule(args.process)
     if args.schedule:
         schedule = {"name": args.schedule}
-    objective = OBJECTIVES[args.objective](process, None)
+    options = {}
+    if args.objective == "d3pm":
+        options = {
+            "steps": args.diffusion_steps or 1000,
+            "hybrid_lambda": 0.01 if args.hybrid_lambda is None else args.hybrid_lambda,
+        }
+        if args.process == "absorbing" and schedule["name"] == "loglinear":
+            schedule = {"name": "loglinear", "eps": 0.0}  # all masked at step T: no prior term is lost
+    objective = OBJECTIVES[args.objective](process, None, **options)
     vocab_in, vocab_out = objective.net_vocab
     # Time conditioning: off for the absorbing process (costs nothing, makes caching exact), on otherwise.
     time_cond = args.time_conditioning if args.time_conditioning is not None else args.process != "absorbing"
@@ -86,7 +104,8 @@ def new_config(args) -> dict:
         vocab_in=vocab_in,
         vocab_out=vocab_out,
         max_len=domain.length,
-        time_conditioning=time_cond,
+        time_conditioning=time_cond and not objective.causal,
+        causal=objective.causal,
         **PRESETS[args.preset],
     )
     train = TrainConfig(seed=args.seed, precision=args.precision)
@@ -101,6 +120,7 @@ def new_config(args) -> dict:
         "objective": args.objective,
         "process": args.process,
         "schedule": schedule,
+        "objective_options": options,
         "preset": args.preset,
         "net": net.to_dict(),
         "train": train.to_dict(),
@@ -156,14 +176,13 @@ def cmd_train(args) -> int:
     )
     result = {"run": str(run_dir), **summary, "heldout": final}
     if args.samples:
-        rule = STEP_RULES["tau-leaping"]()
-        ids, nfe, _ = sample_ids(
+        spec = SampleSpec(steps=args.sample_steps)
+        ids, nfe, _ = sample_many(
             trainer.ema_net,
             objective,
-            rule,
             args.samples,
             domain.length,
-            args.sample_steps,
+            spec,
             seed=train_cfg.seed,
             device=device,
             amp=trainer.amp,
@@ -203,55 +222,6 @@ def cmd_train(args) -> int:
 # --- sample / infill ------------------------------------------------------------------------------
 
 
-def sample_ids(
-    net,
-    objective,
-    rule,
-    n,
-    length,
-    steps,
-    *,
-    seed,
-    device,
-    amp,
-    use_cache=True,
-    clamp=None,
-    clamp_values=None,
-    allowed=None,
-    batch_size=64,
-    progress=False,
-):
-    """n sequences in batches; returns ids [n, L], the largest per-sequence nfe, and seconds."""
-    gen = torch.Generator(device).manual_seed(seed)
-    chunks, nfe = [], 0
-    start = time.perf_counter()
-    bar = tqdm(total=n * (steps + 1), disable=not progress, file=sys.stderr, unit="step", dynamic_ncols=True)
-    for first in range(0, n, batch_size):
-        b = min(batch_size, n - first)
-        c = None if clamp is None else clamp.expand(b, -1).to(device)
-        cv = None if clamp_values is None else clamp_values.expand(b, -1).to(device)
-        with torch.autocast(torch.device(device).type, dtype=amp or torch.bfloat16, enabled=amp is not None):
-            result = generate(
-                net,
-                objective,
-                rule,
-                b,
-                length,
-                steps,
-                clamp=c,
-                clamp_values=cv,
-                allowed=allowed,
-                generator=gen,
-                use_cache=use_cache,
-                device=device,
-            )
-        chunks.append(result.tokens.cpu())
-        nfe = max(nfe, int(result.nfe.max()))
-        bar.update(b * (steps + 1))
-    bar.close()
-    return torch.cat(chunks), nfe, time.perf_counter() - start
-
-
 def emit_samples(args, texts: list[str], valid: list[bool], nfe: int, seconds: float) -> None:
     if args.json:
         print(json.dumps({"samples": texts, "nfe": nfe, "seconds": seconds, "valid": valid}))
@@ -276,49 +246,48 @@ def _loaded(args):
     return loaded, domain_from_config(config["data"]), device, amp
 
 
-def cmd_sample(args) -> int:
-    loaded, domain, device, amp = _loaded(args)
-    ids, nfe, seconds = sample_ids(
-        loaded.net,
-        loaded.objective,
-        STEP_RULES[args.sampler](),
-        args.n,
-        domain.length,
-        args.steps,
-        seed=args.seed,
-        device=device,
-        amp=amp,
-        use_cache=not args.no_cache,
-        batch_size=args.batch_size,
-        progress=not args.quiet,
+def sample_spec(args, domain, objective) -> SampleSpec:
+    """Validate the sampling flags against the run and turn them into a SampleSpec."""
+    spec = SampleSpec(
+        steps=args.steps, rule=STEP_RULES[args.sampler](), use_cache=not args.no_cache, batch_size=args.batch_size
     )
+    order = getattr(args, "order", None)
+    if getattr(args, "remask", False) and order is None:
+        order = "top-prob"  # RDM re-ranks by confidence
+    if order is not None:
+        if isinstance(objective, AutoRegressive) or objective.process.name != "absorbing":
+            raise UserError("--order and --remask need a masked (absorbing) diffusion run")
+        spec.order = ORDERS[order](noise=args.order_noise, remask=args.remask)
+    if getattr(args, "semi_ar", False) or getattr(args, "length", None):
+        if not (args.semi_ar and args.length):
+            raise UserError("--semi-ar and --length N go together")
+        if not domain.supports_semi_ar:
+            raise UserError(f"--semi-ar: {domain.kind} records have fixed start and end markers; use a text run")
+        spec.semi_ar_length = args.length
+    return spec
+
+
+def _sample_and_emit(args, loaded, domain, device, amp, spec) -> int:
+    bar = tqdm(total=args.n, disable=args.quiet, file=sys.stderr, unit="seq", dynamic_ncols=True)
+    ids, nfe, seconds = sample_many(
+        loaded.net, loaded.objective, args.n, domain.length, spec, seed=args.seed, device=device, amp=amp, progress=bar
+    )
+    bar.close()
     texts, valid = domain.decode(ids)
     emit_samples(args, texts, valid, nfe, seconds)
     return 0
+
+
+def cmd_sample(args) -> int:
+    loaded, domain, device, amp = _loaded(args)
+    return _sample_and_emit(args, loaded, domain, device, amp, sample_spec(args, domain, loaded.objective))
 
 
 def cmd_infill(args) -> int:
     loaded, domain, device, amp = _loaded(args)
-    clamp, values, allowed = domain.template(args.template)
-    ids, nfe, seconds = sample_ids(
-        loaded.net,
-        loaded.objective,
-        STEP_RULES[args.sampler](),
-        args.n,
-        domain.length,
-        args.steps,
-        seed=args.seed,
-        device=device,
-        amp=amp,
-        clamp=clamp[None],
-        clamp_values=values[None],
-        allowed=allowed,
-        batch_size=args.batch_size,
-        progress=not args.quiet,
-    )
-    texts, valid = domain.decode(ids)
-    emit_samples(args, texts, valid, nfe, seconds)
-    return 0
+    spec = sample_spec(args, domain, loaded.objective)
+    spec.clamp, spec.clamp_values, spec.allowed = domain.template(args.template)
+    return _sample_and_emit(args, loaded, domain, device, amp, spec)
 
 
 # --- eval -----------------------------------------------------------------------------------------
@@ -395,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--objective", choices=sorted(OBJECTIVES), default="sedd")
     t.add_argument("--process", choices=sorted(PROCESSES), default="absorbing")
     t.add_argument("--schedule", choices=sorted(SCHEDULES), help="default: loglinear (absorbing), geometric (uniform)")
+    t.add_argument("--diffusion-steps", type=positive_int, metavar="T", help="d3pm: number of discrete steps (1000)")
+    t.add_argument("--hybrid-lambda", type=float, help="d3pm: weight of the auxiliary cross-entropy (0.01)")
     tc = t.add_mutually_exclusive_group()
     tc.add_argument(
         "--time-conditioning",
@@ -430,11 +401,24 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--batch-size", type=positive_int, default=64)
         p.add_argument("--out", help="FASTA file to write (default: stdout)")
         p.add_argument("--json", action="store_true", help='print {"samples", "nfe", "seconds"} as one JSON object')
+        p.add_argument("--no-cache", action="store_true", help="re-run the network at every step (for comparison)")
+        p.add_argument(
+            "--order",
+            choices=sorted(ORDERS),
+            help="masked runs: commit the best-ranked positions each step (Kim et al.) instead of random",
+        )
+        p.add_argument("--order-noise", type=float, default=0.0, metavar="G", help="Gumbel noise on the ranking")
+        p.add_argument(
+            "--remask",
+            action="store_true",
+            help="RDM: committed tokens that are outranked return to the mask (implies --order top-prob)",
+        )
         common_runtime(p)
 
     s = sub.add_parser("sample", help="sample sequences from a trained run")
     sampling_args(s, 16)
-    s.add_argument("--no-cache", action="store_true", help="re-run the network at every step (for comparison)")
+    s.add_argument("--semi-ar", action="store_true", help="grow text past the model window, block by block")
+    s.add_argument("--length", type=positive_int, help="with --semi-ar: tokens to generate")
     s.set_defaults(func=cmd_sample)
 
     i = sub.add_parser(

@@ -17,6 +17,7 @@ from .errors import UserError
 
 class ProteinDomain:
     kind = "protein"
+    supports_semi_ar = False
 
     def __init__(self, data_cfg: dict):
         self.cfg = data_cfg

@@ -136,7 +136,9 @@ class Transformer(nn.Module):
         h = self.embed(x) + self.positions[start : start + L].to(self.embed.weight.dtype)
         if self.cfg.time_conditioning:
             # log(sbar) spreads the noise levels of every schedule over a useful range of frequencies
-            h = h + self.time_mlp(sinusoid(torch.log(sbar.float()) * 100.0, self.cfg.d_model))[:, None, :]
+            # (clamped: D3PM's last absorbing step sits at sbar = inf)
+            log_sbar = torch.log(sbar.float().clamp(1e-8, 1e4))
+            h = h + self.time_mlp(sinusoid(log_sbar * 100.0, self.cfg.d_model))[:, None, :]
         for i, block in enumerate(self.blocks):
             h = block(h, None if kv_caches is None else kv_caches[i])
         return self.head(self.ln_f(h))

@@ -33,6 +33,7 @@ class Objective:
     name: str
     bound: str = "nelbo"  # "nelbo" for diffusion, "exact" for AR
     causal: bool = False
+    continuous_time: bool = False
 
     def __init__(self, process: Process, schedule: Schedule):
         self.process = process
@@ -48,11 +49,18 @@ class Objective:
         return self.process.num_states, self.vocab_size
 
     def loss(self, net, x0: torch.Tensor, t: torch.Tensor | None = None, generator=None, t_min: float = 1e-3):
+        """[B] one-sample estimate of the bound on -log p(x0), nats per sequence."""
         raise NotImplementedError
+
+    def training_loss(self, net, x0: torch.Tensor, generator=None) -> torch.Tensor:
+        """[B] what the optimiser minimises; the bound itself unless the objective adds an auxiliary term."""
+        return self.loss(net, x0, generator=generator)
 
 
 class DiffusionObjective(Objective):
     """Continuous-time diffusion: E_t E_{x_t | x0} [sum_i l_i(x_t, x0, t)] = negative ELBO."""
+
+    continuous_time = True
 
     def loss(self, net, x0, t=None, generator=None, t_min=1e-3):
         B = x0.shape[0]
@@ -166,4 +174,109 @@ class MDLM(DiffusionObjective):
         return torch.where(masked, sigma / torch.expm1(sbar) * nll, 0.0)
 
 
-OBJECTIVES: dict[str, type[Objective]] = {"sedd": ScoreEntropy, "mdlm": MDLM}
+class D3PM(DiffusionObjective):
+    """D3PM (Austin et al.): discrete time, T steps, x0-parameterisation, loss L_vb + lambda * CE.
+
+    Step k of T sits at total noise sbar_k = sbar(k / T) (sbar_0 = 0), so the one-step kernel is
+    exp((sbar_k - sbar_{k-1}) Q), and absorbing with the eps = 0 log-linear schedule is Austin's
+    1 / (T - k + 1) masking schedule. With x0-prediction p~(x0 | x_k):
+        p_theta(x_{k-1} = a | x_k = b)  proportional to  sum_c q(x_{k-1} = a, x_k = b | x0 = c) p~(c)
+                                      = P_step[b, a] * [exp(sbar_{k-1} Q) p~]_a
+        L_vb = sum_{k=2}^T KL(q(x_{k-1} | x_k, x0) || p_theta(x_{k-1} | x_k)) - log p_theta(x0 | x_1)
+               + KL(q(x_T | x0) || prior),
+    estimated with one stratified k per sequence and weight T. The auxiliary -log p~(x0_i | x_k) at
+    corrupted positions is added in training only (`training_loss`); `loss` is the bound.
+    """
+
+    name = "d3pm"
+    continuous_time = False
+
+    def __init__(self, process: Process, schedule: Schedule, steps: int = 1000, hybrid_lambda: float = 0.01):
+        super().__init__(process, schedule)
+        self.steps, self.hybrid_lambda = steps, hybrid_lambda
+
+    def sbar_at(self, k: torch.Tensor) -> torch.Tensor:
+        return torch.where(k > 0, self.schedule.total(k.double() / self.steps), 0.0)
+
+    def log_score(self, out, xt, sbar):
+        p0 = F.softmax(out, dim=-1)
+        if isinstance(self.process, Absorbing):
+            return torch.log(p0) - log_expm1(sbar)
+        # s_y = E_{c ~ p~}[ P(y | c) / P(x_t | c) ]: the concrete score implied by the x0-prediction
+        weights = p0 / self.process.transition_row(xt, sbar)
+        return torch.log(self.process.transition_apply(weights, sbar).clamp(min=1e-30))
+
+    def posterior(self, xk: torch.Tensor, x0_probs: torch.Tensor, sbar_k, sbar_prev) -> torch.Tensor:
+        """sum_c q(x_{k-1} = a | x_k, x0 = c) w(c), normalised over a, for a distribution w over x0 (last dim S):
+        proportional to P_step[x_k, a] * [exp(sbar_{k-1} Q) w]_a. A one-hot w gives the true posterior."""
+        step = self.process.transition_row(xk, sbar_k - sbar_prev)
+        joint = step * self.process.transition_apply(x0_probs, sbar_prev)
+        return joint / joint.sum(-1, keepdim=True)
+
+    def _terms(self, net, x0, k, generator):
+        """Per-sequence L_vb estimate and auxiliary CE, both [B]."""
+        S, V = self.process.num_states, self.vocab_size
+        sbar_k, sbar_prev = self.sbar_at(k).float(), self.sbar_at(k - 1).float()
+        xk = self.process.perturb(x0, sbar_k[:, None], generator)
+        out = net(xk, sbar_k).float()
+        p0 = F.pad(F.softmax(out, dim=-1), (0, S - V))  # no mass on the mask as a clean token
+        sk, sp = sbar_k[:, None, None], sbar_prev[:, None, None]
+        model = self.posterior(xk, p0, sk, sp)
+        truth = self.posterior(xk, F.one_hot(x0, S).float(), sk, sp)
+        log_model = torch.log(model.clamp(min=1e-30))
+        kl = torch.where(truth > 0, truth * (torch.log(truth.clamp(min=1e-30)) - log_model), 0.0).sum(-1)
+        nll_first = -log_model.gather(-1, x0[..., None]).squeeze(-1)  # k = 1: -log p_theta(x0 | x_1)
+        per_pos = torch.where((k == 1)[:, None], nll_first, kl)
+        corrupted = xk != x0 if not isinstance(self.process, Absorbing) else xk == self.process.mask_id
+        ce = torch.where(corrupted, F.cross_entropy(out.transpose(1, 2), x0, reduction="none"), 0.0)
+        return self.steps * per_pos.sum(-1) + self.prior_kl(x0), ce.sum(-1)
+
+    def prior_kl(self, x0: torch.Tensor) -> torch.Tensor:
+        """[B] KL(q(x_T | x0) || prior): 0 for absorbing when sbar(1) is infinite, exact otherwise."""
+        sbar_T = self.schedule.total(torch.tensor(1.0, dtype=torch.float64))
+        if not torch.isfinite(sbar_T):
+            return torch.zeros(x0.shape[0], device=x0.device)
+        if isinstance(self.process, Absorbing):
+            return torch.full((x0.shape[0],), math.inf, device=x0.device)  # mass left off the all-mask prior
+        q = self.process.transition_row(x0, sbar_T.float())  # symmetric kernel: row = column
+        return (q * torch.log(q * self.vocab_size)).sum(-1).sum(-1)
+
+    def _times(self, B, generator, device):
+        u = torch.rand(B, generator=generator, device=device, dtype=torch.float64)
+        return ((torch.arange(B, device=device) + u) / B * self.steps).floor().long() + 1  # stratified in 1..T
+
+    def loss(self, net, x0, t=None, generator=None, t_min=1e-3):
+        k = self._times(x0.shape[0], generator, x0.device) if t is None else (t * self.steps).ceil().long().clamp(1)
+        return self._terms(net, x0, k, generator)[0]
+
+    def training_loss(self, net, x0, generator=None):
+        vb, ce = self._terms(net, x0, self._times(x0.shape[0], generator, x0.device), generator)
+        return vb + self.hybrid_lambda * ce
+
+
+class AutoRegressive(Objective):
+    """The AR baseline: the same transformer with causal attention, exact NLL by next-token cross-entropy.
+
+    The input is shifted right behind a start token (id V), so every one of the L positions is
+    predicted and the NLL covers exactly the tokens a diffusion bound covers.
+    """
+
+    name = "ar"
+    bound = "exact"
+    causal = True
+
+    @property
+    def net_vocab(self) -> tuple[int, int]:
+        return self.vocab_size + 1, self.vocab_size
+
+    @property
+    def start_id(self) -> int:
+        return self.vocab_size
+
+    def loss(self, net, x0, t=None, generator=None, t_min=1e-3):
+        start = torch.full_like(x0[:, :1], self.start_id)
+        logits = net(torch.cat([start, x0[:, :-1]], dim=1)).float()
+        return F.cross_entropy(logits.transpose(1, 2), x0, reduction="none").sum(-1)
+
+
+OBJECTIVES: dict[str, type[Objective]] = {"sedd": ScoreEntropy, "mdlm": MDLM, "d3pm": D3PM, "ar": AutoRegressive}

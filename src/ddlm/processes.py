@@ -47,6 +47,14 @@ class Process:
         """[B] True where a sequence can no longer change in the reverse process."""
         return torch.zeros(xt.shape[0], dtype=torch.bool, device=xt.device)
 
+    def transition_row(self, xt: torch.Tensor, sbar: torch.Tensor) -> torch.Tensor:
+        """P(x_t = xt | x_0 = c) for every state c: the row xt of exp(sbar Q), [..., num_states]."""
+        raise NotImplementedError
+
+    def transition_apply(self, v: torch.Tensor, sbar: torch.Tensor) -> torch.Tensor:
+        """exp(sbar Q) v along the last dimension: (P v)[a] = sum_c P(a | c) v_c, [..., num_states]."""
+        raise NotImplementedError
+
     def tweedie_probs(self, xt: torch.Tensor, s: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         """Tweedie tau-leaping step, d = sbar(t) - sbar(s) > 0:
         P(x_s = y) proportional to [exp(-d Q) s]_y * exp(d Q)[x_t, y], over all num_states states."""
@@ -103,6 +111,17 @@ class Absorbing(Process):
     def finished(self, xt):
         return ~(xt == self.mask_id).any(dim=-1)
 
+    def transition_row(self, xt, sbar):
+        keep = torch.exp(-sbar)
+        masked_row = torch.cat([(1 - keep).expand(*xt.shape, self.vocab_size), torch.ones_like(xt[..., None])], -1)
+        token_row = keep * F.one_hot(xt, self.num_states)
+        return torch.where((xt == self.mask_id)[..., None], masked_row.to(token_row), token_row)
+
+    def transition_apply(self, v, sbar):
+        keep = torch.exp(-sbar)
+        to_mask = (1 - keep) * v[..., : self.vocab_size].sum(-1, keepdim=True) + v[..., self.vocab_size :]
+        return torch.cat([keep * v[..., : self.vocab_size], to_mask], dim=-1)
+
     def tweedie_probs(self, xt, s, d):
         # At a masked position: P(y) = s_y (e^d - 1) for y < V, and the rest stays masked.
         # An unmasked position never moves.
@@ -146,6 +165,14 @@ class Uniform(Process):
 
     def prior_sample(self, shape, generator, device):
         return torch.randint(0, self.vocab_size, shape, generator=generator, device=device)
+
+    def transition_row(self, xt, sbar):
+        keep = torch.exp(-sbar)
+        return keep * F.one_hot(xt, self.vocab_size) + (1 - keep) / self.vocab_size
+
+    def transition_apply(self, v, sbar):
+        keep = torch.exp(-sbar)
+        return keep * v + (1 - keep) / self.vocab_size * v.sum(-1, keepdim=True)
 
     def tweedie_probs(self, xt, s, d):
         V = self.vocab_size

@@ -26,7 +26,8 @@ from .schedules import schedule_from_config
 def build_objective(config: dict) -> Objective:
     V = config["vocab_size"]
     process = PROCESSES[config["process"]](V)
-    return OBJECTIVES[config["objective"]](process, schedule_from_config(config["schedule"]))
+    options = config.get("objective_options", {})
+    return OBJECTIVES[config["objective"]](process, schedule_from_config(config["schedule"]), **options)
 
 
 def build_net(config: dict) -> Transformer:

@@ -14,11 +14,13 @@ whatever the number of steps.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import torch
 
-from .objectives import DiffusionObjective
+from .objectives import AutoRegressive, DiffusionObjective
+from .ordering import OrderPolicy, commit_top, masked_target
 from .processes import Absorbing, Process
 from .schedules import Schedule
 
@@ -90,6 +92,7 @@ def generate(
     clamp: torch.Tensor | None = None,
     clamp_values: torch.Tensor | None = None,
     allowed: torch.Tensor | None = None,
+    order: OrderPolicy | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
     t_end: float = 1e-5,
@@ -101,8 +104,11 @@ def generate(
 
     Positions where `clamp` is True are held at `clamp_values`. `allowed` ([V] bool) restricts what a
     position may become (e.g. residues only when infilling a protein): the scores of other tokens are
-    set to zero, which conditions the reverse process on never choosing them.
+    set to zero, which conditions the reverse process on never choosing them. `order` replaces the
+    random unmasking of the absorbing process by a ranked one (see ordering.py).
     """
+    if order is not None and not isinstance(objective.process, Absorbing):
+        raise ValueError("ordered unmasking needs the absorbing process")
     process, schedule = objective.process, objective.schedule
     x = process.prior_sample((batch, length), generator, device)
     if clamp is not None:
@@ -112,6 +118,8 @@ def generate(
     fresh = torch.zeros(batch, dtype=torch.bool, device=device)  # out[b] is valid for the current x[b]
     nfe = torch.zeros(batch, dtype=torch.long, device=device)
     history = [x.clone()] if keep_history else None
+    free = torch.ones_like(x, dtype=torch.bool) if clamp is None else ~clamp
+    committed_score = torch.full(x.shape, torch.inf, device=device) if order is not None and order.remask else None
     times = torch.linspace(1.0, t_end, steps + 1, dtype=torch.float64).tolist()
 
     def evaluate(t: float, active: torch.Tensor) -> torch.Tensor:
@@ -133,8 +141,13 @@ def generate(
         t = times[i]
         t_next = 0.0 if final else times[i + 1]
         s = evaluate(t, active)
-        probs = rule.probs(process, schedule, x, s, t, t_next) if not final else final_probs(process, schedule, x, s, t)
-        new = draw(probs, generator)
+        if order is not None and not final:
+            new, committed_score = ordered_step(
+                process, schedule, order, x, s, t_next, free, committed_score, generator
+            )
+        else:
+            probs = final_probs(process, schedule, x, s, t) if final else rule.probs(process, schedule, x, s, t, t_next)
+            new = draw(probs, generator)
         if clamp is not None:
             new = torch.where(clamp, clamp_values, new)
         new = torch.where(active[:, None], new, x)
@@ -156,3 +169,146 @@ def final_probs(process: Process, schedule: Schedule, xt, s, t_end: float) -> to
         real = torch.cat([s, torch.zeros_like(s[..., :1])], dim=-1)
         probs = torch.where(masked, real, probs)
     return probs
+
+
+def masked_fraction(schedule: Schedule, t: float) -> float:
+    """m(t) = (1 - e^{-sbar(t)}) / (1 - e^{-sbar(1)}): the fraction of free positions masked at time t."""
+    sbar = schedule.total(torch.tensor([t, 1.0], dtype=torch.float64))
+    frac = -torch.expm1(-sbar)
+    return (frac[0] / frac[1]).item()
+
+
+def ordered_step(process, schedule, order: OrderPolicy, x, s, t_next, free, committed_score, generator):
+    """Commit the policy's best-ranked masked positions so round(n_free * m(t_next)) stay masked."""
+    probs = s / s.sum(-1, keepdim=True).clamp(min=1e-30)
+    candidates = draw(probs, generator)
+    score = order.noisy_score(probs, generator)
+    keep = masked_target(free.sum(-1), masked_fraction(schedule, t_next))
+    return commit_top(x, candidates, score, free, process.mask_id, keep, committed_score)
+
+
+@torch.inference_mode()
+def generate_ar(
+    net,
+    objective: AutoRegressive,
+    batch: int,
+    length: int,
+    *,
+    clamp: torch.Tensor | None = None,
+    clamp_values: torch.Tensor | None = None,
+    allowed: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+    device: torch.device | str = "cpu",
+) -> SampleResult:
+    """Left-to-right sampling with a key/value cache (one new token per network call).
+
+    A clamped position is forced to its value; the model conditions on it only from then on, so an
+    AR model is conditioned by a prefix, not by later positions.
+    """
+    x = torch.empty(batch, length, dtype=torch.long, device=device)
+    inputs = torch.full((batch, 1), objective.start_id, dtype=torch.long, device=device)
+    caches = [{} for _ in net.blocks] if use_cache else None
+    for i in range(length):
+        if use_cache:
+            logits = net(inputs[:, -1:], kv_caches=caches, start=i)[:, -1]
+        else:
+            logits = net(inputs)[:, -1]
+        probs = torch.softmax(logits.float(), dim=-1)
+        if allowed is not None:
+            probs = probs * allowed.to(probs)
+        token = draw(probs, generator)
+        if clamp is not None:
+            token = torch.where(clamp[:, i], clamp_values[:, i], token)
+        x[:, i] = token
+        inputs = torch.cat([inputs, token[:, None]], dim=1)
+    return SampleResult(tokens=x, nfe=torch.full((batch,), length, device=device))
+
+
+def generate_semi_ar(window_sampler, batch: int, total_length: int, window: int, overlap: int, device="cpu"):
+    """Grow sequences past the model's window: each new window is conditioned on the last `overlap`
+    tokens of the previous one (MDLM's semi-autoregressive sampling). `window_sampler(clamp, values)`
+    samples one window of `window` tokens."""
+    if not 0 < overlap < window:
+        raise ValueError(f"overlap must be between 1 and {window - 1}")
+    result = window_sampler(None, None)
+    tokens, nfe = result.tokens, result.nfe.clone()
+    while tokens.shape[1] < total_length:
+        clamp = torch.zeros(batch, window, dtype=torch.bool, device=device)
+        clamp[:, :overlap] = True
+        values = torch.zeros(batch, window, dtype=torch.long, device=device)
+        values[:, :overlap] = tokens[:, -overlap:]
+        result = window_sampler(clamp, values)
+        tokens = torch.cat([tokens, result.tokens[:, overlap:]], dim=1)
+        nfe += result.nfe
+    return SampleResult(tokens=tokens[:, :total_length], nfe=nfe)
+
+
+@dataclass
+class SampleSpec:
+    """Everything that shapes sampling besides the model: steps, step rule, order, conditioning."""
+
+    steps: int = 128
+    rule: StepRule = field(default_factory=TauLeaping)
+    use_cache: bool = True
+    order: OrderPolicy | None = None
+    clamp: torch.Tensor | None = None  # [L] bool, the same for every sequence
+    clamp_values: torch.Tensor | None = None  # [L]
+    allowed: torch.Tensor | None = None  # [V] bool
+    semi_ar_length: int | None = None  # grow past the window to this many tokens
+    batch_size: int = 64
+
+
+def sample_many(net, objective, n: int, length: int, spec: SampleSpec, *, seed: int, device, amp=None, progress=None):
+    """n sequences in batches of spec.batch_size; returns (ids [n, L'], largest per-sequence nfe, seconds).
+
+    Dispatches on the objective: left-to-right for AR, the reverse diffusion otherwise."""
+    gen = torch.Generator(device).manual_seed(seed)
+    chunks, nfe = [], 0
+    start = time.perf_counter()
+    device_type = torch.device(device).type
+    for first in range(0, n, spec.batch_size):
+        b = min(spec.batch_size, n - first)
+
+        def window(clamp, values, b=b):
+            if clamp is None and spec.clamp is not None:
+                clamp, values = spec.clamp.expand(b, -1).to(device), spec.clamp_values.expand(b, -1).to(device)
+            if isinstance(objective, AutoRegressive):
+                return generate_ar(
+                    net,
+                    objective,
+                    b,
+                    length,
+                    clamp=clamp,
+                    clamp_values=values,
+                    allowed=spec.allowed,
+                    generator=gen,
+                    use_cache=spec.use_cache,
+                    device=device,
+                )
+            return generate(
+                net,
+                objective,
+                spec.rule,
+                b,
+                length,
+                spec.steps,
+                clamp=clamp,
+                clamp_values=values,
+                allowed=spec.allowed,
+                order=spec.order,
+                generator=gen,
+                use_cache=spec.use_cache,
+                device=device,
+            )
+
+        with torch.autocast(device_type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+            if spec.semi_ar_length:
+                result = generate_semi_ar(window, b, spec.semi_ar_length, length, length // 2, device)
+            else:
+                result = window(None, None)
+        chunks.append(result.tokens.cpu())
+        nfe = max(nfe, int(result.nfe.max()))
+        if progress is not None:
+            progress.update(b)
+    return torch.cat(chunks), nfe, time.perf_counter() - start

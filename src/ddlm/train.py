@@ -138,7 +138,7 @@ class Trainer:
         idx = batch_indices(self.step, len(self.train_ids), self.cfg.batch_size, self.cfg.seed)
         x0 = self.train_ids[idx].to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
-            per_seq = self.objective.loss(self.net, x0, generator=self.gen)
+            per_seq = self.objective.training_loss(self.net, x0, generator=self.gen)
         loss = per_seq.mean() / x0.shape[1]  # nats per position: scale-free for the optimiser
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -25,7 +25,8 @@ from ..schedules import LogLinear
 
 def bound_objective(objective: Objective) -> Objective:
     """The objective with the schedule that makes its estimate an exact NELBO (see module docstring)."""
-    if isinstance(objective, DiffusionObjective) and isinstance(objective.process, Absorbing):
+    continuous = isinstance(objective, DiffusionObjective) and objective.continuous_time
+    if continuous and isinstance(objective.process, Absorbing):
         return type(objective)(objective.process, LogLinear(eps=0.0))
     return objective
 
@@ -45,7 +46,12 @@ def evaluate_bound(
 ) -> dict:
     objective = bound_objective(objective)
     exact = objective.bound == "exact"
-    count_form = not exact and isinstance(objective.process, Absorbing) and not getattr(net, "time_conditioned", True)
+    count_form = (
+        not exact
+        and objective.continuous_time
+        and isinstance(objective.process, Absorbing)
+        and not getattr(net, "time_conditioned", True)
+    )
     K = 1 if exact else max(time_samples, 1)
     gen = torch.Generator(device).manual_seed(seed)
     total = torch.zeros((), dtype=torch.float64)

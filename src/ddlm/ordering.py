@@ -1,0 +1,101 @@
+"""Decoding order for masked diffusion: which masked positions to commit at each step.
+
+Instead of letting each masked position unmask at random with the Tweedie probability, a policy
+ranks the masked positions and commits the K best, K chosen so the number still masked follows the
+schedule: after the step to time s, round(n_free * m(s)) positions remain masked, where
+m(t) = (1 - exp(-sbar(t))) / (1 - exp(-sbar(1))) is the schedule's masked fraction (Kim et al.,
+"Train for the worst, plan for the best"). The token committed at a position is drawn from the
+model's prediction there, so only the order differs between policies.
+
+With `remask` (RDM, Zheng et al.), committed tokens keep the score they were committed with and
+compete with the new candidates every step: the best-scored positions stay or become committed,
+and a committed token that is outranked returns to the mask.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class OrderPolicy:
+    name: str
+
+    def __init__(self, noise: float = 0.0, remask: bool = False):
+        self.noise = noise  # Gumbel noise scale added to the scores (0: deterministic ranking)
+        self.remask = remask
+
+    def score(self, probs: torch.Tensor, generator) -> torch.Tensor:
+        """[B, L] confidence of each position from the normalised prediction probs [B, L, V]."""
+        raise NotImplementedError
+
+    def noisy_score(self, probs, generator) -> torch.Tensor:
+        score = self.score(probs, generator)
+        if self.noise > 0:
+            u = torch.rand(score.shape, generator=generator, device=score.device).clamp(1e-12, 1 - 1e-12)
+            score = score + self.noise * -torch.log(-torch.log(u))
+        return score
+
+
+class RandomOrder(OrderPolicy):
+    name = "random"
+
+    def score(self, probs, generator):
+        return torch.rand(probs.shape[:-1], generator=generator, device=probs.device)
+
+
+class TopProbability(OrderPolicy):
+    name = "top-prob"
+
+    def score(self, probs, generator):
+        return probs.max(-1).values
+
+
+class TopMargin(OrderPolicy):
+    name = "top-margin"
+
+    def score(self, probs, generator):
+        top2 = probs.topk(2, dim=-1).values
+        return top2[..., 0] - top2[..., 1]
+
+
+ORDERS: dict[str, type[OrderPolicy]] = {"random": RandomOrder, "top-prob": TopProbability, "top-margin": TopMargin}
+
+
+def masked_target(n_free: torch.Tensor, masked_fraction: float) -> torch.Tensor:
+    """How many free positions should still be masked at a time whose masked fraction is given."""
+    return torch.round(n_free.double() * masked_fraction).long()
+
+
+def commit_top(
+    x: torch.Tensor,
+    candidates: torch.Tensor,
+    score: torch.Tensor,
+    free: torch.Tensor,
+    mask_id: int,
+    keep_masked: torch.Tensor,
+    committed_score: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Commit the best-scored positions so that exactly `keep_masked` [B] free positions stay masked.
+
+    Without `committed_score` only masked positions compete (committed tokens are final). With it
+    (RDM), committed positions compete with their stored scores and may return to the mask.
+    """
+    masked = x == mask_id
+    n_free = free.sum(-1)
+    if committed_score is None:
+        competing = masked
+        slots = masked.sum(-1) - keep_masked  # how many masked positions to commit now
+        rank_score = torch.where(competing, score, -torch.inf)
+    else:
+        competing = free
+        slots = n_free - keep_masked  # how many free positions end up committed
+        rank_score = torch.where(free, torch.where(masked, score, committed_score), -torch.inf)
+    order = rank_score.argsort(dim=-1, descending=True, stable=True)
+    rank = order.argsort(-1)
+    chosen = competing & (rank < slots.clamp(min=0)[:, None])
+    if committed_score is None:
+        return torch.where(chosen, candidates, x), None
+    new_x = torch.where(chosen & masked, candidates, x)
+    new_x = torch.where(free & ~chosen, mask_id, new_x)
+    new_score = torch.where(chosen & masked, score, committed_score)
+    return new_x, new_score
