@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 from collections import Counter
 from pathlib import Path
@@ -72,19 +73,20 @@ def check_combination(args) -> None:
         raise UserError("--diffusion-steps and --hybrid-lambda apply to --objective d3pm only")
 
 
-def new_config(args) -> dict:
-    check_combination(args)
+def data_config(args) -> dict:
     kind = domain_for_spec(args.data)
-    data_cfg = {
-        "spec": args.data,
-        "kind": kind,
-        "max_residues": args.max_len,
-        "heldout_fraction": args.heldout_fraction,
-        "skip_invalid": args.skip_invalid,
-    }
-    domain = domain_from_config(data_cfg)
-    V = domain.tokenizer().vocab_size
-    process = PROCESSES[args.process](V)
+    cfg = {"spec": args.data, "kind": kind}
+    if kind == "protein":
+        cfg.update(max_residues=args.max_len, heldout_fraction=args.heldout_fraction, skip_invalid=args.skip_invalid)
+    elif kind == "text":
+        cfg.update(tokenizer=args.tokenizer, block_size=args.block_size, max_docs=args.max_docs)
+    else:  # sudoku: the stream is seeded by the run
+        cfg.update(batch_size=args.batch_size or TrainConfig.batch_size, seed=args.seed)
+    return cfg
+
+
+def new_config(args, data_cfg: dict, vocab_size: int, length: int, tokenizer_cfg: dict) -> dict:
+    process = PROCESSES[args.process](vocab_size)
     schedule = default_schedule(args.process)
     if args.schedule:
         schedule = {"name": args.schedule}
@@ -103,20 +105,21 @@ def new_config(args) -> dict:
     net = NetConfig(
         vocab_in=vocab_in,
         vocab_out=vocab_out,
-        max_len=domain.length,
+        max_len=length,
         time_conditioning=time_cond and not objective.causal,
         causal=objective.causal,
+        dropout=args.dropout,
         **PRESETS[args.preset],
     )
     train = TrainConfig(seed=args.seed, precision=args.precision)
-    for name in ("batch_size", "lr", "warmup", "ema", "eval_every", "checkpoint_every"):
+    for name in ("batch_size", "lr", "warmup", "ema", "eval_every", "checkpoint_every", "weight_decay"):
         if getattr(args, name) is not None:
             setattr(train, name, getattr(args, name))
     return {
         "ddlm_config_version": 1,
         "data": data_cfg,
-        "tokenizer": domain.tokenizer().config(),
-        "vocab_size": V,
+        "tokenizer": tokenizer_cfg,
+        "vocab_size": vocab_size,
         "objective": args.objective,
         "process": args.process,
         "schedule": schedule,
@@ -134,15 +137,24 @@ def cmd_train(args) -> int:
     device = pick_device(args.device)
     if args.resume:
         config = read_config(run_dir)
-        domain = domain_from_config(config["data"])
-        train_ids, heldout_ids, info = domain.reload(run_dir)
+        domain = domain_from_config(config["data"], run_dir)
+        train_ids, heldout_ids, info = domain.reload()
     else:
         if (run_dir / "config.json").exists():
             raise UserError(f"--out {run_dir}: a run is already there; pass --resume to continue it, or another --out")
-        config = new_config(args)
+        check_combination(args)
+        data_cfg = data_config(args)
+        created = not run_dir.exists()
         run_dir.mkdir(parents=True, exist_ok=True)
-        domain = domain_from_config(config["data"])
-        train_ids, heldout_ids, info = domain.prepare(run_dir)
+        domain = domain_from_config(data_cfg, run_dir)
+        try:
+            train_ids, heldout_ids, info = domain.prepare()
+            tokenizer = domain.tokenizer()
+        except BaseException:
+            if created:  # a rejected command leaves nothing behind
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        config = new_config(args, data_cfg, tokenizer.vocab_size, domain.length, tokenizer.config())
         write_config(run_dir, config)
     tokenizer = domain.tokenizer()
     train_cfg = TrainConfig(**{**config["train"], "betas": tuple(config["train"]["betas"])})
@@ -155,10 +167,9 @@ def cmd_train(args) -> int:
             raise UserError(f"--resume: {run_dir} has no valid checkpoint to resume from")
         log(f"resuming {run_dir} at step {trainer.step}")
     log(
-        f"{info['train']} training and {info['heldout']} held-out records "
-        f"({info['duplicates_removed']} duplicates removed, {info['skipped_invalid']} invalid skipped); "
-        f"{net.num_parameters() / 1e6:.2f}M parameters; {config['objective']}/{config['process']}; "
-        f"device {device}, precision {'bf16 autocast' if trainer.amp else 'fp32'}"
+        f"{domain.describe(info)}; {net.num_parameters() / 1e6:.2f}M parameters; "
+        f"{config['objective']}/{config['process']}; device {device}, "
+        f"precision {'bf16 autocast' if trainer.amp else 'fp32'}"
     )
     try:
         summary = trainer.fit(args.steps, None if args.time_budget is None else args.time_budget * 60, not args.quiet)
@@ -174,6 +185,7 @@ def cmd_train(args) -> int:
         device=device,
         autocast_dtype=trainer.amp,
     )
+    add_per_char(final, domain)
     result = {"run": str(run_dir), **summary, "heldout": final}
     if args.samples:
         spec = SampleSpec(steps=args.sample_steps)
@@ -188,12 +200,10 @@ def cmd_train(args) -> int:
             amp=trainer.amp,
         )
         texts, valid = domain.decode(ids)
-        path = run_dir / "samples.fasta"
-        write_fasta(path, [f"sample_{i} valid={v}" for i, v in enumerate(valid)], texts)
+        path = domain.write_samples(run_dir / "samples", texts, valid)
         result["samples"] = {"path": str(path), "n": len(texts), "valid_fraction": sum(valid) / len(valid)}
-    residues = "".join(domain.train_records(run_dir)) if config["data"]["kind"] == "protein" else ""
-    if residues:
-        counts = Counter(residues)
+    if domain.kind == "protein":
+        counts = Counter("".join(domain.train_records()))
         total = sum(counts.values())
         result["composition_entropy_bits"] = -sum(c / total * math.log2(c / total) for c in counts.values())
     result["loss_plot"] = str(run_dir / "loss.png")
@@ -202,12 +212,15 @@ def cmd_train(args) -> int:
         print(json.dumps(result))
     else:
         h = final
+        what = "residues + end markers" if domain.kind == "protein" else "tokens"
         print(
             f"held-out NELBO: {h['bits_per_token']:.4f} bits/token (+- {h['mc_standard_error']:.4f} MC s.e.; "
-            f"{h['tokens']} tokens = residues + end markers, {h['time_samples']} time samples per sequence)"
+            f"{h['tokens']} tokens = {what}, {h['time_samples']} time samples per sequence)"
             if "mc_standard_error" in h
-            else f"held-out NLL: {h['bits_per_token']:.4f} bits/token"
+            else f"held-out NLL: {h['bits_per_token']:.4f} bits/token (exact)"
         )
+        if "bits_per_char" in h:
+            print(f"               {h['bits_per_char']:.4f} bits/character")
         if "composition_entropy_bits" in result:
             print(f"amino-acid composition entropy of the training set: {result['composition_entropy_bits']:.4f} bits")
         print(f"trained {summary['steps']} steps in {summary['seconds'] / 60:.1f} min")
@@ -217,6 +230,13 @@ def cmd_train(args) -> int:
         print(f"loss curve:  {result['loss_plot']}")
         print(f"metrics:     {result['metrics']}")
     return 0
+
+
+def add_per_char(result: dict, domain) -> None:
+    """Text: bits per character = bits per token / characters per token of the held-out split."""
+    if domain.kind == "text":
+        result["chars_per_token"] = domain.chars_per_token()
+        result["bits_per_char"] = result["bits_per_token"] / result["chars_per_token"]
 
 
 # --- sample / infill ------------------------------------------------------------------------------
@@ -241,9 +261,8 @@ def emit_samples(args, texts: list[str], valid: list[bool], nfe: int, seconds: f
 def _loaded(args):
     device = pick_device(args.device)
     loaded = load_run(args.run, device=device)
-    config = read_config(Path(args.run))
     amp = autocast_dtype(args.precision, device)
-    return loaded, domain_from_config(config["data"]), device, amp
+    return loaded, domain_from_config(loaded.config["data"], Path(args.run)), device, amp
 
 
 def sample_spec(args, domain, objective) -> SampleSpec:
@@ -293,9 +312,47 @@ def cmd_infill(args) -> int:
 # --- eval -----------------------------------------------------------------------------------------
 
 
+DIFFICULTY_GIVENS = {"easy": 36, "medium": 30, "hard": 25}
+
+
+def cmd_eval_sudoku(args, loaded, domain, device, amp) -> int:
+    if domain.kind != "sudoku":
+        raise UserError(f"--task sudoku: {args.run} is a {domain.kind} run")
+    from .evaluate import sudoku as sudoku_eval
+
+    givens = args.givens or DIFFICULTY_GIVENS[args.difficulty]
+    puzzles, solutions = domain.puzzles(args.puzzles, givens, args.n, args.puzzle_seed)
+    spec = SampleSpec(steps=args.steps, batch_size=args.batch_size)
+    if args.order:
+        spec.order = ORDERS[args.order](noise=args.order_noise)
+    bar = tqdm(total=len(puzzles), disable=args.quiet, file=sys.stderr, unit="puzzle", dynamic_ncols=True)
+    predictions, nfe, seconds = sudoku_eval.solve(
+        loaded.net, loaded.objective, puzzles, spec, seed=args.seed, device=device, amp=amp, progress=bar
+    )
+    bar.close()
+    result = sudoku_eval.score(predictions, solutions, puzzles)
+    result.update(
+        order=args.order or "tweedie",
+        steps=args.steps,
+        nfe=nfe,
+        seconds=seconds,
+        puzzles=args.puzzles or f"generated: {givens} givens, seed {args.puzzle_seed}",
+    )
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"solved {result['solved']:.1%} of {result['n']} puzzles ({result['givens_mean']:.1f} givens on "
+            f"average), cell accuracy {result['cell_accuracy']:.1%}, order {result['order']}"
+        )
+    return 0
+
+
 def cmd_eval(args) -> int:
     loaded, domain, device, amp = _loaded(args)
-    heldout = domain.heldout(Path(args.run))
+    if args.task == "sudoku":
+        return cmd_eval_sudoku(args, loaded, domain, device, amp)
+    heldout = domain.heldout()
     if args.max_sequences:
         heldout = heldout[: args.max_sequences]
     tokenizer = domain.tokenizer()
@@ -313,6 +370,7 @@ def cmd_eval(args) -> int:
         progress=bar,
     )
     bar.close()
+    add_per_char(result, domain)
     result.update(
         {
             "objective": loaded.config["objective"],
@@ -381,7 +439,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ema", type=float)
     t.add_argument("--eval-every", type=positive_int)
     t.add_argument("--checkpoint-every", type=positive_int)
-    t.add_argument("--max-len", type=positive_int, default=127, help="longest record in residues (default 127)")
+    t.add_argument("--max-len", type=positive_int, default=127, help="proteins: longest record in residues (127)")
+    t.add_argument("--tokenizer", default="char", help="text: char or bpe:N (byte-level BPE trained locally)")
+    t.add_argument("--block-size", type=positive_int, default=256, help="text: tokens per training block (256)")
+    t.add_argument("--max-docs", type=positive_int, help="text: stories to stream from the hub when not on disk")
+    t.add_argument("--dropout", type=float, default=0.0, help="dropout in the transformer (default 0)")
+    t.add_argument("--weight-decay", type=float, help="AdamW weight decay on matrices (default 0)")
     t.add_argument("--heldout-fraction", type=float, default=0.05)
     t.add_argument("--skip-invalid", action="store_true", help="skip and count bad records instead of stopping")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its newest good checkpoint")
@@ -436,6 +499,25 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=positive_int, default=64)
     e.add_argument("--max-sequences", type=positive_int, help="evaluate only the first N held-out sequences")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument(
+        "--task",
+        choices=["likelihood", "sudoku"],
+        default="likelihood",
+        help="sudoku: solve puzzles (givens clamped) and report the solve rate",
+    )
+    e.add_argument("--order", choices=sorted(ORDERS), help="sudoku: unmasking order (default: Tweedie, random)")
+    e.add_argument("--order-noise", type=float, default=0.0)
+    e.add_argument("--puzzles", help="sudoku: a puzzle file (puzzle,solution or puzzle-only lines)")
+    e.add_argument(
+        "--difficulty",
+        choices=sorted(DIFFICULTY_GIVENS),
+        default="medium",
+        help="sudoku: generated puzzles with 36 / 30 / 25 givens",
+    )
+    e.add_argument("--givens", type=positive_int, help="sudoku: generated puzzles with this many givens")
+    e.add_argument("--n", type=positive_int, default=200, help="sudoku: number of generated puzzles")
+    e.add_argument("--puzzle-seed", type=int, default=777, help="sudoku: seed of the generated puzzles")
+    e.add_argument("--steps", type=positive_int, default=81, help="sudoku: reverse-process steps")
     e.add_argument("--json", action="store_true")
     common_runtime(e)
     e.set_defaults(func=cmd_eval)

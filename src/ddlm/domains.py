@@ -1,27 +1,75 @@
 """What a kind of data needs beyond token ids: how to load it, keep its split, and read it back.
 
-A domain turns `--data` into training and held-out id tensors with a tokenizer, saves the split in
-the run directory, and rebuilds tokenizer and held-out ids from a run directory for evaluation.
+A domain turns `--data` into training batches and held-out ids with a tokenizer, saves the split in
+the run directory, and rebuilds tokenizer and held-out ids from the run directory for evaluation.
+Three kinds: proteins (FASTA), text (TinyStories, tiny Shakespeare, text8, any .txt) and Sudoku.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .data import proteins
+from .data.fasta import write_fasta
 from .data.tokenizers import CharTokenizer
 from .errors import UserError
 
 
-class ProteinDomain:
-    kind = "protein"
+class Domain:
+    kind: str
     supports_semi_ar = False
 
-    def __init__(self, data_cfg: dict):
-        self.cfg = data_cfg
-        self.max_residues = data_cfg.get("max_residues", 127)
+    def __init__(self, data_cfg: dict, run_dir: Path):
+        self.cfg, self.run_dir = data_cfg, Path(run_dir)
+
+    length: int
+
+    def tokenizer(self):
+        raise NotImplementedError
+
+    def prepare(self) -> tuple[object, torch.Tensor, dict]:
+        """(training ids or a step -> batch callable, held-out ids, info); saves the split in the run directory."""
+        raise NotImplementedError
+
+    def reload(self) -> tuple[object, torch.Tensor, dict]:
+        """The same for a resumed run, checking that the data is still what the split was made from."""
+        raise NotImplementedError
+
+    def heldout(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, ids: torch.Tensor) -> tuple[list[str], list[bool]]:
+        tok = self.tokenizer()
+        out = [tok.decode(row) for row in ids]
+        return [t for t, _ in out], [v for _, v in out]
+
+    def template(self, template: str):
+        raise UserError(f"--template: infilling is not supported for {self.kind} runs")
+
+    def write_samples(self, stem: Path, texts: list[str], valid: list[bool]) -> Path:
+        path = stem.with_suffix(".txt")
+        path.write_text(
+            "".join(
+                f"=== sample {i} (well formed: {v}) ===\n{t}\n"
+                for i, (t, v) in enumerate(zip(texts, valid, strict=True))
+            )
+        )
+        return path
+
+    def describe(self, info: dict) -> str:
+        return ", ".join(f"{k} {v}" for k, v in info.items() if isinstance(v, int))
+
+
+class ProteinDomain(Domain):
+    kind = "protein"
+
+    @property
+    def max_residues(self) -> int:
+        return self.cfg.get("max_residues", 127)
 
     @property
     def length(self) -> int:
@@ -30,21 +78,19 @@ class ProteinDomain:
     def tokenizer(self) -> CharTokenizer:
         return CharTokenizer(proteins.AMINO_ACIDS, markers=True)
 
-    def prepare(self, run_dir: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        data = proteins.load_proteins(
+    def _load(self) -> proteins.ProteinData:
+        return proteins.load_proteins(
             self.cfg["spec"], self.max_residues, self.cfg.get("heldout_fraction", 0.05), self.cfg.get("skip_invalid")
         )
-        proteins.save_split(data, run_dir)
+
+    def prepare(self):
+        data = self._load()
+        proteins.save_split(data, self.run_dir)
         return data.train, data.heldout, data.info
 
-    def reload(self, run_dir: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """Training and held-out ids for a resumed run; the source must be the file the split was made from."""
-        import json
-
-        split = json.loads((run_dir / "split.json").read_text())
-        data = proteins.load_proteins(
-            self.cfg["spec"], self.max_residues, self.cfg.get("heldout_fraction", 0.05), self.cfg.get("skip_invalid")
-        )
+    def reload(self):
+        split = json.loads((self.run_dir / "split.json").read_text())
+        data = self._load()
         if data.info["sha256"] != split["sha256"]:
             raise UserError(
                 f"--data {self.cfg['spec']}: {data.info['source']} has changed since the run was started "
@@ -52,17 +98,25 @@ class ProteinDomain:
             )
         return data.train, data.heldout, data.info
 
-    def heldout(self, run_dir: Path) -> torch.Tensor:
-        _, seqs = proteins.load_heldout(run_dir, self.max_residues)
+    def heldout(self) -> torch.Tensor:
+        _, seqs = proteins.load_heldout(self.run_dir, self.max_residues)
         return self.tokenizer().encode_padded(seqs, self.length)
 
-    def train_records(self, run_dir: Path) -> list[str]:
-        data = proteins.load_proteins(
-            self.cfg["spec"], self.max_residues, self.cfg.get("heldout_fraction", 0.05), self.cfg.get("skip_invalid")
-        )
-        return data.train_seqs
+    def train_records(self) -> list[str]:
+        return self._load().train_seqs
 
-    def template(self, template: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def write_samples(self, stem: Path, texts: list[str], valid: list[bool]) -> Path:
+        path = stem.with_suffix(".fasta")
+        write_fasta(path, [f"sample_{i} valid={v}" for i, v in enumerate(valid)], texts)
+        return path
+
+    def describe(self, info: dict) -> str:
+        return (
+            f"{info['train']} training and {info['heldout']} held-out records "
+            f"({info['duplicates_removed']} duplicates removed, {info['skipped_invalid']} invalid skipped)"
+        )
+
+    def template(self, template: str):
         """Clamp mask, values and allowed tokens for a residue template with '_' at each free position.
         Markers and padding are clamped too, and free positions may only become residues, so the
         infilled protein has exactly the template's length."""
@@ -86,20 +140,138 @@ class ProteinDomain:
         allowed[: len(proteins.AMINO_ACIDS)] = True
         return clamp, values, allowed
 
-    def decode(self, ids: torch.Tensor) -> tuple[list[str], list[bool]]:
-        tok = self.tokenizer()
-        out = [tok.decode(row) for row in ids]
-        return [t for t, _ in out], [v for _, v in out]
+
+class TextDomain(Domain):
+    """Packed blocks of text; every position is a real token. Bits per character come from the
+    held-out characters per token that the split recorded."""
+
+    kind = "text"
+    supports_semi_ar = True
+
+    @property
+    def length(self) -> int:
+        return self.cfg.get("block_size", 256)
+
+    _tokenizer = None  # set by prepare(), before the run's config exists
+
+    def tokenizer(self):
+        from .data.text import tokenizer_from_config
+
+        if self._tokenizer is None:
+            config = json.loads((self.run_dir / "config.json").read_text())
+            self._tokenizer = tokenizer_from_config(config["tokenizer"], self.run_dir)
+        return self._tokenizer
+
+    def prepare(self):
+        from .data import text
+
+        data = text.load_text(
+            self.cfg["spec"], self.cfg.get("tokenizer", "char"), self.length, self.run_dir, self.cfg.get("max_docs")
+        )
+        text.save_split(data, self.run_dir)
+        self._tokenizer = data.tokenizer
+        return data.train, data.heldout, data.info
+
+    def reload(self):
+        from .data import text
+
+        data = text.load_text(
+            self.cfg["spec"], self.cfg.get("tokenizer", "char"), self.length, self.run_dir, self.cfg.get("max_docs")
+        )
+        saved = text.load_saved(self.run_dir)
+        if not torch.equal(saved.heldout, data.heldout):
+            raise UserError(f"--data {self.cfg['spec']}: the text has changed since the run was started")
+        return data.train, data.heldout, data.info
+
+    def heldout(self) -> torch.Tensor:
+        from .data import text
+
+        return text.load_saved(self.run_dir).heldout
+
+    def chars_per_token(self) -> float:
+        from .data import text
+
+        return text.load_saved(self.run_dir).info["heldout_chars_per_token"]
+
+    def describe(self, info: dict) -> str:
+        return (
+            f"{info.get('train_blocks', '?')} training and {info.get('heldout_blocks', '?')} held-out blocks of "
+            f"{self.length} tokens"
+        )
 
 
-DOMAINS = {"protein": ProteinDomain}
+class SudokuStream:
+    """An endless stream of valid solved grids: batch `step` is a pure function of (seed, step), so a
+    resumed run sees exactly the grids it would have seen. Digits 1..9 are tokens 0..8."""
+
+    def __init__(self, batch_size: int, seed: int):
+        self.batch_size, self.seed = batch_size, seed
+
+    def __call__(self, step: int) -> torch.Tensor:
+        from .data.sudoku import random_solutions
+
+        grids = random_solutions(self.batch_size, np.random.default_rng([self.seed, step]))
+        return torch.from_numpy(grids.astype(np.int64) - 1)
+
+
+class SudokuDomain(Domain):
+    kind = "sudoku"
+    length = 81
+    HELDOUT_SEED = 2_000_003  # far from any training seed
+
+    def tokenizer(self) -> CharTokenizer:
+        return CharTokenizer("123456789", markers=False)
+
+    def prepare(self):
+        from .data import sudoku
+
+        spec = self.cfg["spec"]
+        heldout = self.heldout()
+        if spec.startswith("sudoku:"):
+            pairs = sudoku.read_puzzles(spec.split(":", 1)[1])
+            train = torch.from_numpy(np.stack([s for _, s in pairs]).astype(np.int64) - 1)
+            info = {"source": spec, "train": len(train), "heldout": len(heldout)}
+            return train, heldout, info
+        info = {"source": "generated stream", "train": "endless", "heldout": len(heldout)}
+        return SudokuStream(self.cfg["batch_size"], self.cfg["seed"]), heldout, info
+
+    reload = prepare
+
+    def heldout(self) -> torch.Tensor:
+        from .data.sudoku import random_solutions
+
+        grids = random_solutions(512, np.random.default_rng(self.HELDOUT_SEED))
+        return torch.from_numpy(grids.astype(np.int64) - 1)
+
+    def describe(self, info: dict) -> str:
+        return f"Sudoku: training grids from {info['source']}, {info['heldout']} held-out solved grids"
+
+    def puzzles(self, path: str | None, givens: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(puzzles, solutions) as [n, 81] tokens, blanks as -1: read from a file or generated."""
+        from .data import sudoku
+
+        pairs = sudoku.read_puzzles(path) if path else sudoku.generate_puzzles(n, seed, givens=givens)
+        puzzles = torch.from_numpy(np.stack([p for p, _ in pairs]).astype(np.int64) - 1)
+        solutions = torch.from_numpy(np.stack([s for _, s in pairs]).astype(np.int64) - 1)
+        return puzzles, solutions
+
+
+DOMAINS: dict[str, type[Domain]] = {"protein": ProteinDomain, "text": TextDomain, "sudoku": SudokuDomain}
+TEXT_NAMES = ("tinystories", "tinyshakespeare", "text8")
 
 
 def domain_for_spec(spec: str) -> str:
     if spec == "acyp" or Path(spec).suffix.lower() in {".fa", ".fasta", ".faa", ".fas"}:
         return "protein"
-    raise UserError(f"--data {spec}: unknown data set; use 'acyp' or a FASTA file path (.fa, .fasta, .faa)")
+    if spec == "sudoku" or spec.startswith("sudoku:"):
+        return "sudoku"
+    if spec in TEXT_NAMES or Path(spec).suffix.lower() == ".txt":
+        return "text"
+    raise UserError(
+        f"--data {spec}: unknown data set; use acyp or a FASTA file (.fa, .fasta, .faa), tinystories, "
+        "tinyshakespeare, text8 or a .txt file, or sudoku / sudoku:PUZZLES.csv"
+    )
 
 
-def domain_from_config(data_cfg: dict):
-    return DOMAINS[data_cfg["kind"]](data_cfg)
+def domain_from_config(data_cfg: dict, run_dir: Path) -> Domain:
+    return DOMAINS[data_cfg["kind"]](data_cfg, run_dir)

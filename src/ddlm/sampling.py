@@ -252,8 +252,8 @@ class SampleSpec:
     rule: StepRule = field(default_factory=TauLeaping)
     use_cache: bool = True
     order: OrderPolicy | None = None
-    clamp: torch.Tensor | None = None  # [L] bool, the same for every sequence
-    clamp_values: torch.Tensor | None = None  # [L]
+    clamp: torch.Tensor | None = None  # [L] bool, the same for every sequence, or [n, L], one per sequence
+    clamp_values: torch.Tensor | None = None  # [L] or [n, L]
     allowed: torch.Tensor | None = None  # [V] bool
     semi_ar_length: int | None = None  # grow past the window to this many tokens
     batch_size: int = 64
@@ -270,9 +270,12 @@ def sample_many(net, objective, n: int, length: int, spec: SampleSpec, *, seed: 
     for first in range(0, n, spec.batch_size):
         b = min(spec.batch_size, n - first)
 
-        def window(clamp, values, b=b):
-            if clamp is None and spec.clamp is not None:
-                clamp, values = spec.clamp.expand(b, -1).to(device), spec.clamp_values.expand(b, -1).to(device)
+        def window(clamp, values, b=b, first=first):
+            if clamp is None and spec.clamp is not None:  # one template for all, or one row per sequence
+                rows = slice(first, first + b)
+                clamp = (spec.clamp[rows] if spec.clamp.dim() == 2 else spec.clamp.expand(b, -1)).to(device)
+                values = spec.clamp_values[rows] if spec.clamp.dim() == 2 else spec.clamp_values.expand(b, -1)
+                values = values.to(device)
             if isinstance(objective, AutoRegressive):
                 return generate_ar(
                     net,

@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from .checkpoint import CheckpointDir, load_optimizer, optimizer_tensors
+from .errors import UserError
 from .evaluate.likelihood import evaluate_bound
 from .objectives import Objective
 from .run import autocast_dtype
@@ -59,6 +60,18 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
+class TensorBatches:
+    """Batches from a fixed tensor of records: step -> the records that step sees."""
+
+    def __init__(self, ids: torch.Tensor, batch_size: int, seed: int):
+        if len(ids) < batch_size:
+            raise UserError(f"{len(ids)} training records are fewer than one batch of {batch_size} (see --batch-size)")
+        self.ids, self.batch_size, self.seed = ids, batch_size, seed
+
+    def __call__(self, step: int) -> torch.Tensor:
+        return self.ids[batch_indices(step, len(self.ids), self.batch_size, self.seed)]
+
+
 def batch_indices(step: int, n: int, batch_size: int, seed: int) -> torch.Tensor:
     """Records seen at `step` (0-based): consecutive slices of per-epoch permutations, last partial batch dropped."""
     per_epoch = n // batch_size
@@ -72,7 +85,7 @@ class Trainer:
         run_dir: Path,
         objective: Objective,
         net: torch.nn.Module,
-        train_ids: torch.Tensor,
+        train_ids,
         heldout_ids: torch.Tensor,
         real_tokens,
         cfg: TrainConfig,
@@ -83,11 +96,10 @@ class Trainer:
         self.ema_net = copy.deepcopy(self.net).eval()
         for p in self.ema_net.parameters():
             p.requires_grad_(False)
-        self.train_ids = train_ids
+        # a tensor of records, or any callable step -> batch (an endless generated stream)
+        self.batches = TensorBatches(train_ids, cfg.batch_size, cfg.seed) if torch.is_tensor(train_ids) else train_ids
         self.heldout_ids = heldout_ids[: cfg.eval_sequences]
         self.real_tokens = real_tokens
-        if len(train_ids) < cfg.batch_size:
-            raise ValueError(f"{len(train_ids)} training records are fewer than one batch of {cfg.batch_size}")
         decay, no_decay = [], []
         for p in self.net.parameters():
             (decay if p.dim() >= 2 else no_decay).append(p)
@@ -135,8 +147,7 @@ class Trainer:
     # --- one step --------------------------------------------------------------------------------
     def train_step(self) -> dict | None:
         """One optimiser step; None if the loss or gradient was not finite (the step is skipped)."""
-        idx = batch_indices(self.step, len(self.train_ids), self.cfg.batch_size, self.cfg.seed)
-        x0 = self.train_ids[idx].to(self.device, non_blocking=True)
+        x0 = self.batches(self.step).to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
             per_seq = self.objective.training_loss(self.net, x0, generator=self.gen)
         loss = per_seq.mean() / x0.shape[1]  # nats per position: scale-free for the optimiser
