@@ -299,7 +299,36 @@ def _sample_and_emit(args, loaded, domain, device, amp, spec) -> int:
 
 def cmd_sample(args) -> int:
     loaded, domain, device, amp = _loaded(args)
-    return _sample_and_emit(args, loaded, domain, device, amp, sample_spec(args, domain, loaded.objective))
+    spec = sample_spec(args, domain, loaded.objective)
+    if args.animate:
+        write_animation(args, loaded, domain, device, amp, spec)
+    return _sample_and_emit(args, loaded, domain, device, amp, spec)
+
+
+def write_animation(args, loaded, domain, device, amp, spec) -> None:
+    if isinstance(loaded.objective, AutoRegressive) or spec.semi_ar_length:
+        raise UserError("--animate shows the reverse diffusion; it needs a diffusion run without --semi-ar")
+    from .animate import animate
+    from .sampling import generate
+
+    gen = torch.Generator(device).manual_seed(args.seed)
+    with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+        result = generate(
+            loaded.net,
+            loaded.objective,
+            spec.rule,
+            min(args.n, 8),
+            domain.length,
+            spec.steps,
+            order=spec.order,
+            generator=gen,
+            device=device,
+            keep_history=True,
+        )
+    tok = domain.tokenizer()
+    alphabet = getattr(tok, "alphabet", "")
+    path = animate([h.cpu() for h in result.history], Path(args.animate), alphabet, loaded.objective.vocab_size)
+    log(f"wrote the denoising animation to {path}")
 
 
 def cmd_infill(args) -> int:
@@ -348,10 +377,57 @@ def cmd_eval_sudoku(args, loaded, domain, device, amp) -> int:
     return 0
 
 
+def cmd_eval_proteins(args, loaded, domain, device, amp) -> int:
+    """Offline protein metrics of samples (a FASTA file, or fresh ones) beside held-out and shuffled sequences."""
+    if domain.kind != "protein":
+        raise UserError(f"--samples / --task proteins: {args.run} is a {domain.kind} run, not a protein run")
+    from .data.fasta import read_records
+    from .evaluate.protein import protein_report
+
+    if args.samples:
+        samples = read_records(args.samples)
+        well_formed = None
+    else:
+        spec = SampleSpec(steps=args.steps, batch_size=args.batch_size)
+        bar = tqdm(total=args.n, disable=args.quiet, file=sys.stderr, unit="seq", dynamic_ncols=True)
+        ids, _, _ = sample_many(
+            loaded.net,
+            loaded.objective,
+            args.n,
+            domain.length,
+            spec,
+            seed=args.seed,
+            device=device,
+            amp=amp,
+            progress=bar,
+        )
+        bar.close()
+        samples, valid = domain.decode(ids)
+        well_formed = sum(valid) / len(valid)
+    heldout = [domain.tokenizer().decode(row)[0] for row in domain.heldout()]
+    log(f"computing metrics for {len(samples)} samples (alignment, profile HMM)...")
+    result = protein_report(samples, domain.train_records(), heldout, seed=args.seed, max_len=domain.max_residues)
+    if well_formed is not None:
+        result["samples"]["well_formed"] = well_formed
+    result["settings"]["samples_from"] = args.samples or f"{args.n} fresh samples, {args.steps} steps"
+    (Path(args.run) / "protein_metrics.json").write_text(json.dumps(result, indent=1))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        rows = [k for k in ("samples", "natural", "shuffled") if k in result]
+        keys = [k for k, v in result["samples"].items() if isinstance(v, int | float)]
+        print(f"{'metric':32s}" + "".join(f"{r:>12s}" for r in rows))
+        for k in keys:
+            print(f"{k:32s}" + "".join(f"{result[r].get(k, float('nan')):12.4f}" for r in rows))
+    return 0
+
+
 def cmd_eval(args) -> int:
     loaded, domain, device, amp = _loaded(args)
     if args.task == "sudoku":
         return cmd_eval_sudoku(args, loaded, domain, device, amp)
+    if args.task == "proteins" or args.samples:
+        return cmd_eval_proteins(args, loaded, domain, device, amp)
     heldout = domain.heldout()
     if args.max_sequences:
         heldout = heldout[: args.max_sequences]
@@ -379,6 +455,7 @@ def cmd_eval(args) -> int:
             "weights": "ema",
         }
     )
+    (Path(args.run) / "eval.json").write_text(json.dumps(result, indent=1))
     if args.json:
         print(json.dumps(result))
     else:
@@ -481,6 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="sample sequences from a trained run")
     sampling_args(s, 16)
     s.add_argument("--semi-ar", action="store_true", help="grow text past the model window, block by block")
+    s.add_argument("--animate", metavar="GIF", help="also write a GIF of the first 8 samples being denoised")
     s.add_argument("--length", type=positive_int, help="with --semi-ar: tokens to generate")
     s.set_defaults(func=cmd_sample)
 
@@ -501,10 +579,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument(
         "--task",
-        choices=["likelihood", "sudoku"],
+        choices=["likelihood", "sudoku", "proteins"],
         default="likelihood",
-        help="sudoku: solve puzzles (givens clamped) and report the solve rate",
+        help="sudoku: solve puzzles (givens clamped); proteins: offline metrics of samples",
     )
+    e.add_argument("--samples", help="proteins: a FASTA file of samples to judge (default: --n fresh samples)")
     e.add_argument("--order", choices=sorted(ORDERS), help="sudoku: unmasking order (default: Tweedie, random)")
     e.add_argument("--order-noise", type=float, default=0.0)
     e.add_argument("--puzzles", help="sudoku: a puzzle file (puzzle,solution or puzzle-only lines)")
@@ -515,13 +594,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="sudoku: generated puzzles with 36 / 30 / 25 givens",
     )
     e.add_argument("--givens", type=positive_int, help="sudoku: generated puzzles with this many givens")
-    e.add_argument("--n", type=positive_int, default=200, help="sudoku: number of generated puzzles")
+    e.add_argument("--n", type=positive_int, default=200, help="sudoku: puzzles to generate; proteins: samples to draw")
     e.add_argument("--puzzle-seed", type=int, default=777, help="sudoku: seed of the generated puzzles")
-    e.add_argument("--steps", type=positive_int, default=81, help="sudoku: reverse-process steps")
+    e.add_argument("--steps", type=positive_int, default=81, help="sudoku / proteins: reverse-process steps")
     e.add_argument("--json", action="store_true")
     common_runtime(e)
     e.set_defaults(func=cmd_eval)
+    r = sub.add_parser("report", help="write one HTML page: loss curves, metric tables, plots, samples")
+    r.add_argument("run", help="run directory")
+    r.add_argument("--out", help="HTML file (default RUN/report.html)")
+    r.set_defaults(func=cmd_report)
+
+    x = sub.add_parser("export", help="save the model Hugging Face style: model.safetensors + config.json")
+    x.add_argument("run", help="run directory")
+    x.add_argument("folder", help="folder to write (upload it with `huggingface-cli upload`)")
+    x.set_defaults(func=cmd_export)
     return parser
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    read_config(Path(args.run))
+    print(write_report(Path(args.run), Path(args.out) if args.out else None))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .hub import save_pretrained
+
+    print(save_pretrained(args.run, args.folder))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -279,6 +279,8 @@ def plot_losses(metrics_path: Path, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     train, held = [], []
+    if not metrics_path.is_file():  # a run shorter than one logging interval
+        return
     for line in metrics_path.read_text().splitlines():
         rec = json.loads(line)
         if "train_bits_per_token" in rec:

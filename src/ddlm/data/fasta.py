@@ -78,3 +78,9 @@ def write_fasta(path: str | Path, ids: list[str], seqs: list[str]) -> None:
     with open(path, "w") as f:
         for name, seq in zip(ids, seqs, strict=True):
             f.write(f">{name}\n{seq}\n")
+
+
+def read_records(path: str | Path) -> list[str]:
+    """Sequences of a FASTA file as they are, unvalidated: for judging generated samples, where an odd
+    letter or an empty record is something to count, not to stop at. The file itself must be readable FASTA."""
+    return [seq for _, seq, _ in _records(Path(path))]
