@@ -29,6 +29,7 @@ class NetConfig:
     dropout: float = 0.0
     causal: bool = False
     time_conditioning: bool = False
+    learned_positions: bool = False  # added to the sinusoids: lets the model learn a 2-D layout (Sudoku)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -100,6 +101,8 @@ class Transformer(nn.Module):
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_in, cfg.d_model)
         self.register_buffer("positions", sinusoid(torch.arange(cfg.max_len), cfg.d_model), persistent=False)
+        if cfg.learned_positions:
+            self.position_embed = nn.Embedding(cfg.max_len, cfg.d_model)
         if cfg.time_conditioning:
             self.time_mlp = nn.Sequential(
                 nn.Linear(cfg.d_model, cfg.d_model), nn.SiLU(), nn.Linear(cfg.d_model, cfg.d_model)
@@ -134,6 +137,8 @@ class Transformer(nn.Module):
     ) -> torch.Tensor:
         L = x.shape[1]
         h = self.embed(x) + self.positions[start : start + L].to(self.embed.weight.dtype)
+        if self.cfg.learned_positions:
+            h = h + self.position_embed.weight[start : start + L]
         if self.cfg.time_conditioning:
             # log(sbar) spreads the noise levels of every schedule over a useful range of frequencies
             # (clamped: D3PM's last absorbing step sits at sbar = inf)
