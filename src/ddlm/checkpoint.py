@@ -3,8 +3,12 @@
 A checkpoint is two files in RUN/checkpoints/: `step-N.safetensors` (model, EMA, optimiser state and
 RNG states as tensors) and `step-N.json` (step, optimiser hyper-parameters, trainer state and the
 SHA-256 of the tensor file). Each is written to a temporary file, fsynced and renamed, the JSON
-last, so a checkpoint exists only once both are complete; a truncated or corrupt newest one is
-reported and the previous good one is used. Nothing is unpickled, ever.
+last, so a checkpoint exists only once both are complete; a truncated or corrupt newest one, or a
+tensor file whose JSON never got written (killed in between), is reported and the previous good
+one is used. Temporary files left by a killed save (`.step-*.tmp`) are never read, and are removed
+when a run is resumed. The tensors are parsed from exactly the bytes whose SHA-256 was checked.
+Nothing is unpickled, ever: a pickle under a checkpoint's name is reported as not a valid
+safetensors file.
 """
 
 from __future__ import annotations
@@ -14,12 +18,13 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors.torch import load, save
 
 from .errors import UserError
 
@@ -94,43 +99,80 @@ class CheckpointDir:
         self._prune()
         return weights
 
+    def _path(self, step: int, suffix: str) -> Path:
+        return self.dir / f"step-{step:08d}{suffix}"
+
     def steps(self) -> list[int]:
+        """Every step with a checkpoint file (complete or not), ascending."""
         if not self.dir.is_dir():
             return []
-        return sorted(int(p.stem.split("-")[1]) for p in self.dir.glob("step-*.json") if p.stem.split("-")[1].isdigit())
+        found = set()
+        for p in self.dir.glob("step-*"):
+            number = p.stem.split("-", 1)[1]
+            if p.suffix in (".json", ".safetensors") and number.isdigit():
+                found.add(int(number))
+        return sorted(found)
 
     def _prune(self) -> None:
-        for step in self.steps()[: -self.keep]:
-            for suffix in (".json", ".safetensors"):
-                (self.dir / f"step-{step:08d}{suffix}").unlink(missing_ok=True)
+        """Keep the newest `keep` complete checkpoints; delete everything older (incomplete ones too)."""
+        complete = [
+            s for s in self.steps() if self._path(s, ".json").is_file() and self._path(s, ".safetensors").is_file()
+        ]
+        kept = complete[-max(self.keep, 1) :]
+        if not kept:
+            return
+        for step in self.steps():
+            if step < kept[0]:
+                for suffix in (".json", ".safetensors"):  # JSON first: a half-pruned one is incomplete, not corrupt
+                    self._path(step, suffix).unlink(missing_ok=True)
+
+    def remove_orphans(self) -> list[Path]:
+        """Delete the temporary files of saves that were killed; call only while nothing is saving."""
+        if not self.dir.is_dir():
+            return []
+        orphans = sorted(self.dir.glob(".step-*.tmp"))
+        for p in orphans:
+            p.unlink(missing_ok=True)
+        return orphans
 
     def load(self, step: int) -> Checkpoint:
         """Load and verify one checkpoint; raises ValueError describing the corruption."""
-        meta_path = self.dir / f"step-{step:08d}.json"
-        weights = self.dir / f"step-{step:08d}.safetensors"
+        meta_path = self._path(step, ".json")
+        weights = self._path(step, ".safetensors")
+        if not meta_path.exists():
+            raise ValueError(f"{weights}: has no {meta_path.name} beside it (its save was interrupted?)")
         try:
             meta = json.loads(meta_path.read_text())
         except (OSError, ValueError) as e:
             raise ValueError(f"{meta_path}: unreadable ({e})") from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str):
+            raise ValueError(f"{meta_path}: not a ddlm checkpoint record (no SHA-256 of the tensor file)")
+        if meta.get("step", step) != step:
+            raise ValueError(f"{meta_path}: records step {meta.get('step')!r}, not {step}")
         try:
             payload = weights.read_bytes()
         except OSError as e:
             raise ValueError(f"{weights}: unreadable ({e})") from None
-        if hashlib.sha256(payload).hexdigest() != meta.get("sha256"):
+        if hashlib.sha256(payload).hexdigest() != meta["sha256"]:
             raise ValueError(f"{weights}: contents do not match the SHA-256 recorded in {meta_path.name} (truncated?)")
         try:
-            tensors = load_file(weights)
+            tensors = load(payload)  # parse the very bytes that were verified
         except (SafetensorError, OSError, ValueError) as e:
             raise ValueError(f"{weights}: not a valid safetensors file ({e})") from None
         return Checkpoint(step, tensors, meta)
 
-    def latest(self) -> Checkpoint | None:
-        """The newest checkpoint that verifies; corrupt newer ones are reported on stderr and skipped."""
+    def latest(self, apply: Callable[[Checkpoint], None] | None = None, report: bool = True) -> Checkpoint | None:
+        """The newest checkpoint that verifies (and that `apply` accepts: it raises ValueError for one it
+        cannot use); newer corrupt or incomplete ones are reported on stderr and skipped."""
         for step in reversed(self.steps()):
             try:
-                return self.load(step)
+                ckpt = self.load(step)
+                if apply is not None:
+                    apply(ckpt)
+                return ckpt
             except ValueError as e:
-                print(f"warning: skipping corrupt checkpoint: {e}", file=sys.stderr)
+                if report:
+                    print(f"warning: skipping corrupt checkpoint: {e}", file=sys.stderr)
         return None
 
 

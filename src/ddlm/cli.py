@@ -132,51 +132,96 @@ def new_config(args, data_cfg: dict, vocab_size: int, length: int, tokenizer_cfg
 
 
 def cmd_train(args) -> int:
+    """Train in this process, or as one rank of a torchrun job (data-parallel; see distributed.py)."""
+    from .distributed import session
+
     if args.steps is None and args.time_budget is None:
         args.steps = 2000
     run_dir = Path(args.out)
-    device = pick_device(args.device)
-    if args.resume:
-        config = read_config(run_dir)
-        domain = domain_from_config(config["data"], run_dir)
-        train_ids, heldout_ids, info = domain.reload()
-    else:
-        if (run_dir / "config.json").exists():
-            raise UserError(f"--out {run_dir}: a run is already there; pass --resume to continue it, or another --out")
-        check_combination(args)
-        data_cfg = data_config(args)
-        created = not run_dir.exists()
-        run_dir.mkdir(parents=True, exist_ok=True)
-        domain = domain_from_config(data_cfg, run_dir)
+    # flags that change how a run is operated, not what it computes: they apply on --resume too
+    operational = {
+        name: getattr(args, name)
+        for name in ("log_every", "max_bad_steps", "keep_checkpoints")
+        if getattr(args, name, None) is not None
+    }
+    with session(args.device) as world:
+        device = world.device
+        say = log if world.is_main else (lambda msg: None)
         try:
-            train_ids, heldout_ids, info = domain.prepare()
+            if not args.resume:
+                # rank 0 alone checks the flags and the data and writes config and split; the other ranks
+                # wait for it and then read the run directory as a resume would
+                failure: BaseException | None = None
+                if world.is_main:
+                    try:
+                        if (run_dir / "config.json").exists():
+                            raise UserError(
+                                f"--out {run_dir}: a run is already there; pass --resume to continue it, "
+                                "or another --out"
+                            )
+                        check_combination(args)
+                        world.rows(args.batch_size or TrainConfig.batch_size)  # splits evenly among the ranks?
+                        data_cfg = data_config(args)
+                        created = not run_dir.exists()
+                        run_dir.mkdir(parents=True, exist_ok=True)
+                        domain = domain_from_config(data_cfg, run_dir)
+                        try:
+                            train_ids, heldout_ids, info = domain.prepare()
+                            tokenizer = domain.tokenizer()
+                            batch = args.batch_size or TrainConfig.batch_size
+                            if torch.is_tensor(train_ids) and len(train_ids) < batch:
+                                raise UserError(
+                                    f"{len(train_ids)} training records are fewer than one batch of {batch} "
+                                    "(see --batch-size)"
+                                )
+                        except BaseException:
+                            if created:  # a rejected command leaves nothing behind
+                                shutil.rmtree(run_dir, ignore_errors=True)
+                            raise
+                        config = new_config(args, data_cfg, tokenizer.vocab_size, domain.length, tokenizer.config())
+                        config["train"].update(operational)
+                        write_config(run_dir, config)
+                    except BaseException as e:
+                        failure = e
+                if world.any(failure is not None)[0]:
+                    if failure is not None:
+                        raise failure
+                    return 2  # rank 0 reports the error
+            if args.resume or not world.is_main:
+                config = read_config(run_dir)
+                config["train"].update(operational)
+                domain = domain_from_config(config["data"], run_dir)
+                train_ids, heldout_ids, info = domain.reload()
             tokenizer = domain.tokenizer()
-        except BaseException:
-            if created:  # a rejected command leaves nothing behind
-                shutil.rmtree(run_dir, ignore_errors=True)
-            raise
-        config = new_config(args, data_cfg, tokenizer.vocab_size, domain.length, tokenizer.config())
-        write_config(run_dir, config)
-    tokenizer = domain.tokenizer()
-    train_cfg = TrainConfig(**{**config["train"], "betas": tuple(config["train"]["betas"])})
-    torch.manual_seed(train_cfg.seed)
-    net = Transformer(NetConfig(**config["net"]))
-    objective = build_objective(config)
-    trainer = Trainer(run_dir, objective, net, train_ids, heldout_ids, tokenizer.real_tokens, train_cfg, device)
-    if args.resume:
-        if not trainer.restore():
-            raise UserError(f"--resume: {run_dir} has no valid checkpoint to resume from")
-        log(f"resuming {run_dir} at step {trainer.step}")
-    log(
-        f"{domain.describe(info)}; {net.num_parameters() / 1e6:.2f}M parameters; "
-        f"{config['objective']}/{config['process']}; device {device}, "
-        f"precision {'bf16 autocast' if trainer.amp else 'fp32'}"
-    )
-    try:
-        summary = trainer.fit(args.steps, None if args.time_budget is None else args.time_budget * 60, not args.quiet)
-    except StopTraining as stop:
-        log(f"ddlm: {stop}")
-        return stop.exit_code
+            train_cfg = TrainConfig(**{**config["train"], "betas": tuple(config["train"]["betas"])})
+            torch.manual_seed(train_cfg.seed)
+            net = Transformer(NetConfig(**config["net"]))
+            objective = build_objective(config)
+            trainer = Trainer(
+                run_dir, objective, net, train_ids, heldout_ids, tokenizer.real_tokens, train_cfg, device, world
+            )
+            if args.resume:
+                if not trainer.restore():
+                    raise UserError(f"--resume: {run_dir} has no valid checkpoint to resume from")
+                say(f"resuming {run_dir} at step {trainer.step}")
+        except UserError:
+            if world.is_main:
+                raise
+            return 2  # the same mistake is reported once, by rank 0
+        parallel = f", {world.size} processes (global batch {train_cfg.batch_size})" if world.distributed else ""
+        say(
+            f"{domain.describe(info)}; {net.num_parameters() / 1e6:.2f}M parameters; "
+            f"{config['objective']}/{config['process']}; device {device}{parallel}, "
+            f"precision {'bf16 autocast' if trainer.amp else 'fp32'}"
+        )
+        try:
+            minutes = args.time_budget
+            summary = trainer.fit(args.steps, None if minutes is None else minutes * 60, not args.quiet)
+        except StopTraining as stop:
+            say(f"ddlm: {stop}")
+            return stop.exit_code
+    if not world.is_main:
+        return 0  # the final evaluation and samples are rank 0's
     final = evaluate_bound(
         trainer.ema_net,
         objective,
@@ -485,23 +530,52 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    def number(kind, low, high, low_open=False, high_open=False):
+        """An argparse type: an int or float in [low, high] (an end left open where asked)."""
+
+        def parse(text: str):
+            try:
+                value = kind(text)
+            except ValueError:
+                what = "an integer" if kind is int else "a number"
+                raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+            inside = (kind is int or math.isfinite(value)) and (low < value if low_open else low <= value)
+            inside = inside and (value < high if high_open else value <= high)
+            if not inside:
+                lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+                shown = value if kind is float or abs(value) < 10**30 else f"a {len(str(abs(value)))}-digit number"
+                raise argparse.ArgumentTypeError(f"{shown} must be in {lo}{low}, {high}{hi}")
+            return value
+
+        return parse
+
     t = sub.add_parser(
         "train",
         help="train a model; ends with held-out NELBO and a few samples",
-        description="Train a model on --data into the run directory --out.",
+        description="Train a model on --data into the run directory --out. Under torchrun it trains "
+        "data-parallel: `torchrun --nproc_per_node N -m ddlm train ...` (--batch-size is the global batch).",
     )
     t.add_argument("--data", required=True, help="'acyp' or a FASTA file")
     t.add_argument("--out", required=True, help="run directory (config, split, checkpoints, metrics, plots)")
     t.add_argument("--preset", choices=sorted(PRESETS), default="small", help="network size (default small)")
     budget = t.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=positive_int, help="total optimiser steps (default 2000)")
-    budget.add_argument("--time-budget", type=positive_float, metavar="MIN", help="train for this many minutes")
-    t.add_argument("--seed", type=int, default=0)
+    budget.add_argument(
+        "--time-budget",
+        type=number(float, 0, 1e7, low_open=True),
+        metavar="MIN",
+        help="train for this many minutes",
+    )
+    t.add_argument("--seed", type=number(int, 0, 2**32 - 1), default=0)
     t.add_argument("--objective", choices=sorted(OBJECTIVES), default="sedd")
     t.add_argument("--process", choices=sorted(PROCESSES), default="absorbing")
     t.add_argument("--schedule", choices=sorted(SCHEDULES), help="default: loglinear (absorbing), geometric (uniform)")
-    t.add_argument("--diffusion-steps", type=positive_int, metavar="T", help="d3pm: number of discrete steps (1000)")
-    t.add_argument("--hybrid-lambda", type=float, help="d3pm: weight of the auxiliary cross-entropy (0.01)")
+    t.add_argument(
+        "--diffusion-steps", type=number(int, 1, 10**7), metavar="T", help="d3pm: number of discrete steps (1000)"
+    )
+    t.add_argument(
+        "--hybrid-lambda", type=number(float, 0, 1e6), help="d3pm: weight of the auxiliary cross-entropy (0.01)"
+    )
     tc = t.add_mutually_exclusive_group()
     tc.add_argument(
         "--time-conditioning",
@@ -511,25 +585,45 @@ def build_parser() -> argparse.ArgumentParser:
         help="feed the network the noise level (default: off for absorbing, on for uniform)",
     )
     tc.add_argument("--no-time-conditioning", dest="time_conditioning", action="store_false")
-    t.add_argument("--batch-size", type=positive_int)
-    t.add_argument("--lr", type=positive_float)
+    t.add_argument(
+        "--batch-size", type=number(int, 1, 65_536), help="records per step, over all processes together (32)"
+    )
+    t.add_argument("--lr", type=number(float, 0, 10, low_open=True))
     t.add_argument("--warmup", type=positive_int)
-    t.add_argument("--ema", type=float)
+    t.add_argument("--ema", type=number(float, 0, 1), help="EMA decay of the weights (default 0.999)")
     t.add_argument("--eval-every", type=positive_int)
     t.add_argument("--checkpoint-every", type=positive_int)
-    t.add_argument("--max-len", type=positive_int, default=127, help="proteins: longest record in residues (127)")
+    t.add_argument(
+        "--max-len", type=number(int, 1, 100_000), default=127, help="proteins: longest record in residues (127)"
+    )
     t.add_argument("--tokenizer", default="char", help="text: char or bpe:N (byte-level BPE trained locally)")
-    t.add_argument("--block-size", type=positive_int, default=256, help="text: tokens per training block (256)")
+    t.add_argument(
+        "--block-size", type=number(int, 1, 100_000), default=256, help="text: tokens per training block (256)"
+    )
     t.add_argument("--max-docs", type=positive_int, help="text: stories to stream from the hub when not on disk")
-    t.add_argument("--dropout", type=float, default=0.0, help="dropout in the transformer (default 0)")
-    t.add_argument("--weight-decay", type=float, help="AdamW weight decay on matrices (default 0)")
-    t.add_argument("--heldout-fraction", type=float, default=0.05)
+    t.add_argument(
+        "--dropout", type=number(float, 0, 1, high_open=True), default=0.0, help="dropout in the transformer (0)"
+    )
+    t.add_argument("--weight-decay", type=number(float, 0, 1e6), help="AdamW weight decay on matrices (default 0)")
+    t.add_argument("--heldout-fraction", type=number(float, 0, 1, low_open=True, high_open=True), default=0.05)
     t.add_argument("--skip-invalid", action="store_true", help="skip and count bad records instead of stopping")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its newest good checkpoint")
-    t.add_argument("--samples", type=int, default=16, help="sequences to sample at the end into RUN/samples.fasta")
-    t.add_argument("--sample-steps", type=positive_int, default=128)
-    t.add_argument("--eval-time-samples", type=positive_int, default=4)
+    t.add_argument(
+        "--samples",
+        type=number(int, 0, 1_000_000),
+        default=16,
+        help="sequences to sample at the end into RUN/samples.fasta",
+    )
+    t.add_argument("--sample-steps", type=number(int, 1, 100_000), default=128)
+    t.add_argument("--eval-time-samples", type=number(int, 1, 10_000), default=4)
     t.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
+    t.add_argument("--log-every", type=positive_int, help="steps between training-loss lines in metrics.jsonl (25)")
+    t.add_argument(
+        "--max-bad-steps",
+        type=positive_int,
+        help="consecutive non-finite steps (skipped) before the run checkpoints and stops with exit code 1 (20)",
+    )
+    t.add_argument("--keep-checkpoints", type=positive_int, help="newest checkpoints kept on disk (3)")
     common_runtime(t)
     t.set_defaults(func=cmd_train)
 

@@ -4,6 +4,12 @@ Everything random is explicit so a resumed run is bitwise identical to an uninte
 data order of epoch e is a permutation drawn from a generator seeded by (seed, e), so a step number
 alone says which records it sees; the noise generator's state, the global RNG, the optimiser, the
 EMA and the step are all in the checkpoint.
+
+Faults: SIGINT and SIGTERM checkpoint and stop (exit codes 130 and 143); a non-finite loss or
+gradient skips the step, and `max_bad_steps` of them in a row checkpoint the last good state and
+stop (exit code 1). Under torchrun the same loop runs data-parallel (see distributed.py): every
+rank sees the same global batch and noise and trains its rows, rank 0 alone writes and prints,
+and every decision to stop is agreed by all ranks so that they stop at the same step.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .checkpoint import CheckpointDir, load_optimizer, optimizer_tensors
+from .checkpoint import Checkpoint, CheckpointDir, load_optimizer, optimizer_tensors
+from .distributed import LocalRows, World
 from .errors import UserError
 from .evaluate.likelihood import evaluate_bound
 from .objectives import Objective
@@ -61,7 +68,11 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 class TensorBatches:
-    """Batches from a fixed tensor of records: step -> the records that step sees."""
+    """Batches from a fixed tensor of records: step -> the records that step sees.
+
+    Under data parallelism every rank calls this for the same step and keeps its slice of the rows
+    (`World.rows`): the equivalent of a DistributedSampler whose order is still a pure function of
+    (seed, step), which is what keeps a resumed run exact."""
 
     def __init__(self, ids: torch.Tensor, batch_size: int, seed: int):
         if len(ids) < batch_size:
@@ -90,8 +101,10 @@ class Trainer:
         real_tokens,
         cfg: TrainConfig,
         device: torch.device,
+        world: World | None = None,
     ):
         self.run_dir, self.objective, self.cfg, self.device = Path(run_dir), objective, cfg, device
+        self.world = world or World(device=device)
         self.net = net.to(device)
         self.ema_net = copy.deepcopy(self.net).eval()
         for p in self.ema_net.parameters():
@@ -109,7 +122,16 @@ class Trainer:
             betas=cfg.betas,
             fused=device.type == "cuda",
         )
+        # The noise generator has the same seed on every rank: the noise of the global batch is drawn
+        # identically everywhere and each rank uses its rows' share (see distributed.py).
         self.gen = torch.Generator(device).manual_seed(cfg.seed)
+        self.model: torch.nn.Module = self.net  # what the forward pass calls: the DDP wrapper when distributed
+        if self.world.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.rows = self.world.rows(cfg.batch_size)
+            torch.manual_seed(cfg.seed + self.world.rank)  # dropout: a different stream on each rank
+            self.model = DistributedDataParallel(self.net, device_ids=[device] if device.type == "cuda" else None)
         self.step = 0
         self.bad_steps_total = 0
         self.checkpoints = CheckpointDir(self.run_dir, keep=cfg.keep_checkpoints)
@@ -121,33 +143,79 @@ class Trainer:
     def lr_at(self, step: int) -> float:
         return self.cfg.lr * min(1.0, (step + 1) / max(self.cfg.warmup, 1))
 
-    def save(self) -> Path:
+    def _rng_tensors(self) -> dict[str, torch.Tensor]:
+        """The global RNG states (dropout): rank 0's as `rng.torch`, rank r's as `rng.torch.rank<r>`.
+        Collective under data parallelism: every rank must call it."""
+        states = {"rng.torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            states["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        out = {}
+        for name, state in states.items():
+            for rank, s in enumerate(self.world.gather(state)):
+                out[name if rank == 0 else f"{name}.rank{rank}"] = s
+        return out
+
+    def save(self) -> Path | None:
+        """Checkpoint the current state (rank 0 writes; a collective, so every rank calls it)."""
+        rng = self._rng_tensors()
+        if not self.world.is_main:
+            return None
         opt_tensors, opt_meta = optimizer_tensors(self.optimizer)
         tensors = {f"model.{k}": v for k, v in self.net.state_dict().items()}
         tensors.update({f"ema.{k}": v for k, v in self.ema_net.state_dict().items()})
         tensors.update(opt_tensors)
         tensors["rng.noise"] = self.gen.get_state()
-        tensors["rng.torch"] = torch.get_rng_state()
+        tensors.update(rng)
         meta = {"optimizer": opt_meta, "bad_steps_total": self.bad_steps_total}
         return self.checkpoints.save(self.step, tensors, meta)
 
-    def restore(self) -> bool:
-        ckpt = self.checkpoints.latest()
-        if ckpt is None:
-            return False
-        self.net.load_state_dict(ckpt.section("model"))
-        self.ema_net.load_state_dict(ckpt.section("ema"))
-        load_optimizer(self.optimizer, ckpt)
-        self.gen.set_state(ckpt.tensors["rng.noise"])
-        torch.set_rng_state(ckpt.tensors["rng.torch"])
+    def _apply(self, ckpt: Checkpoint) -> None:
+        """Load a verified checkpoint into the trainer; ValueError if it does not fit this run."""
+        try:
+            self.net.load_state_dict(ckpt.section("model"))
+            self.ema_net.load_state_dict(ckpt.section("ema"))
+            load_optimizer(self.optimizer, ckpt)
+            self.gen.set_state(ckpt.tensors["rng.noise"])
+            rank = self.world.rank
+            generators = [("rng.torch", torch.set_rng_state, torch.manual_seed)]
+            if self.device.type == "cuda":
+                generators.append(
+                    ("rng.cuda", lambda s: torch.cuda.set_rng_state(s, self.device), torch.cuda.manual_seed)
+                )
+            for name, set_state, seed in generators:
+                key = name if rank == 0 else f"{name}.rank{rank}"
+                if key in ckpt.tensors:
+                    set_state(ckpt.tensors[key])
+                elif name == "rng.torch" and rank == 0:
+                    raise KeyError(key)
+                else:  # saved by fewer processes, or on a CPU: a fresh stream, still a function of the step
+                    seed((self.cfg.seed + rank) * 1_000_003 + ckpt.step)
+            self.bad_steps_total = int(ckpt.meta.get("bad_steps_total", 0))
+        except (KeyError, RuntimeError, TypeError, ValueError, AttributeError) as e:
+            name = self.checkpoints.dir / f"step-{ckpt.step:08d}.safetensors"
+            raise ValueError(f"{name}: does not fit this run ({type(e).__name__}: {e})") from None
         self.step = ckpt.step
-        self.bad_steps_total = ckpt.meta.get("bad_steps_total", 0)
-        return True
+
+    def restore(self) -> bool:
+        """Load the newest good checkpoint (every rank loads the same one); False if there is none."""
+        if self.world.is_main:
+            self.checkpoints.remove_orphans()
+        self.world.barrier()
+        ckpt = self.checkpoints.latest(apply=self._apply, report=self.world.is_main)
+        step = -1 if ckpt is None else ckpt.step
+        steps = {int(s) for s in self.world.gather(torch.tensor([step], dtype=torch.int64))}
+        if len(steps) != 1:
+            raise RuntimeError(
+                f"ranks resumed from different checkpoints (steps {sorted(steps)}); is {self.run_dir} shared?"
+            )
+        return ckpt is not None
 
     # --- one step --------------------------------------------------------------------------------
     def train_step(self) -> dict | None:
         """One optimiser step; None if the loss or gradient was not finite (the step is skipped)."""
         x0 = self.batches(self.step).to(self.device, non_blocking=True)
+        if self.world.distributed:
+            return self._train_step_distributed(x0)
         with torch.autocast(self.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
             per_seq = self.objective.training_loss(self.net, x0, generator=self.gen)
         loss = per_seq.mean() / x0.shape[1]  # nats per position: scale-free for the optimiser
@@ -156,6 +224,25 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip)
         if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
             return None
+        return self._update(x0, per_seq.detach().double().sum().item(), grad_norm)
+
+    def _train_step_distributed(self, x0: torch.Tensor) -> dict | None:
+        """The same step with this rank's rows of the global batch x0: noise drawn for all of x0 from the
+        shared generator, network and gradient on the local rows, gradients averaged by DDP. The mean of
+        the ranks' losses is the single-process loss, so the averaged gradient is its gradient."""
+        with torch.autocast(self.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
+            per_seq = self.objective.training_loss(LocalRows(self.model, self.rows), x0, generator=self.gen)
+        per_seq = per_seq[self.rows]
+        loss = per_seq.mean() / x0.shape[1]
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # DDP averages the gradients over ranks here
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip)
+        nats, loss_sum = self.world.sum(torch.stack([per_seq.detach().double().sum(), loss.detach().double()]))
+        if not (torch.isfinite(loss_sum) and torch.isfinite(grad_norm)):  # the same decision on every rank
+            return None
+        return self._update(x0, nats.item(), grad_norm)
+
+    def _update(self, x0: torch.Tensor, nats: float, grad_norm: torch.Tensor) -> dict:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
         self.optimizer.step()
@@ -164,7 +251,7 @@ class Trainer:
             torch._foreach_lerp_(list(self.ema_net.parameters()), list(self.net.parameters()), 1 - decay)
         tokens = self.real_tokens(x0).sum()
         return {
-            "nats": per_seq.detach().double().sum().item(),
+            "nats": nats,
             "tokens": int(tokens),
             "positions": x0.numel(),
             "grad_norm": grad_norm.item(),
@@ -185,6 +272,8 @@ class Trainer:
 
     # --- the loop --------------------------------------------------------------------------------
     def log(self, record: dict) -> None:
+        if not self.world.is_main:
+            return
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -203,7 +292,7 @@ class Trainer:
             total=total if total is not None else int(time_budget_s),
             initial=self.step if total is not None else 0,
             unit="step" if total is not None else "s",
-            disable=not progress,
+            disable=not progress or not self.world.is_main,
             file=sys.stderr,
             dynamic_ncols=True,
         )
@@ -212,17 +301,30 @@ class Trainer:
                 elapsed = time.perf_counter() - t0
                 if steps is not None and self.step >= steps:
                     break
-                if time_budget_s is not None and elapsed >= time_budget_s:
+                time_up = time_budget_s is not None and elapsed >= time_budget_s
+                signum = self._signal
+                if self.world.distributed:  # every rank must stop at the same step
+                    time_up, got_int, got_term = self.world.any(
+                        time_up, signum == signal.SIGINT, signum == signal.SIGTERM
+                    )
+                    signum = signal.SIGINT if got_int else signal.SIGTERM if got_term else None
+                if time_up:
                     break
-                if self._signal is not None:
+                if signum is not None:
                     self.save()
-                    name = signal.Signals(self._signal).name
-                    raise StopTraining(f"{name} received: checkpoint saved at step {self.step}", 128 + self._signal)
+                    name = signal.Signals(signum).name
+                    raise StopTraining(f"{name} received: checkpoint saved at step {self.step}", 128 + signum)
                 stats = self.train_step()
                 if stats is None:
                     consecutive_bad += 1
                     self.bad_steps_total += 1
-                    self.log({"step": self.step, "event": "non-finite loss or gradient: step skipped"})
+                    self.log(
+                        {
+                            "step": self.step,
+                            "event": "non-finite loss or gradient: step skipped",
+                            "bad_steps_total": self.bad_steps_total,
+                        }
+                    )
                     if consecutive_bad >= self.cfg.max_bad_steps:
                         self.save()  # parameters are still the last good ones: skipped steps change nothing
                         raise StopTraining(
@@ -254,7 +356,8 @@ class Trainer:
                     last_eval = self.heldout_bits()
                     self.log({"step": self.step, "heldout_bits_per_token": last_eval["bits_per_token"]})
                     bar.set_postfix(heldout=f"{last_eval['bits_per_token']:.3f}", refresh=False)
-                    plot_losses(self.metrics_path, self.run_dir / "loss.png")
+                    if self.world.is_main:
+                        plot_losses(self.metrics_path, self.run_dir / "loss.png")
                 if self.step % self.cfg.checkpoint_every == 0:
                     self.save()
                 if total is not None:
@@ -267,7 +370,8 @@ class Trainer:
             for s, handler in previous.items():
                 signal.signal(s, handler)
         self.save()
-        plot_losses(self.metrics_path, self.run_dir / "loss.png")
+        if self.world.is_main:
+            plot_losses(self.metrics_path, self.run_dir / "loss.png")
         return {"steps": self.step, "seconds": time.perf_counter() - t0, "bad_steps": self.bad_steps_total}
 
 
