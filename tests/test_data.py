@@ -152,3 +152,9 @@ def test_data_readme_counts_hold_for_the_file():
     records = read_fasta(ACYP_FILE, proteins.AMINO_ACIDS, max_len=127)
     assert len(records.seqs) == 26_856 and max(map(len, records.seqs)) == 127
     assert Path(ACYP_FILE).stat().st_size == 2_865_850
+
+
+def test_utf8_byte_order_mark_is_not_content(tmp_path):
+    path = tmp_path / "bom.fa"
+    path.write_bytes(b"\xef\xbb\xbf>a\nMKV\n")
+    assert read_fasta(path, proteins.AMINO_ACIDS, max_len=10).seqs == ["MKV"]

@@ -632,7 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--n", type=positive_int, default=default_n, help="number of sequences")
         p.add_argument("--steps", type=positive_int, default=128, help="reverse-process steps")
         p.add_argument("--sampler", choices=sorted(STEP_RULES), default="tau-leaping")
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=number(int, 0, 2**32 - 1), default=0)
         p.add_argument("--batch-size", type=positive_int, default=64)
         p.add_argument("--out", help="FASTA file to write (default: stdout)")
         p.add_argument("--json", action="store_true", help='print {"samples", "nfe", "seconds"} as one JSON object')
@@ -642,7 +642,9 @@ def build_parser() -> argparse.ArgumentParser:
             choices=sorted(ORDERS),
             help="masked runs: commit the best-ranked positions each step (Kim et al.) instead of random",
         )
-        p.add_argument("--order-noise", type=float, default=0.0, metavar="G", help="Gumbel noise on the ranking")
+        p.add_argument(
+            "--order-noise", type=number(float, 0, 1e6), default=0.0, metavar="G", help="Gumbel noise on the ranking"
+        )
         p.add_argument(
             "--remask",
             action="store_true",
@@ -671,7 +673,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--time-samples", type=positive_int, default=8, help="time samples per sequence (diffusion)")
     e.add_argument("--batch-size", type=positive_int, default=64)
     e.add_argument("--max-sequences", type=positive_int, help="evaluate only the first N held-out sequences")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--seed", type=number(int, 0, 2**32 - 1), default=0)
     e.add_argument(
         "--task",
         choices=["likelihood", "sudoku", "proteins"],
@@ -680,7 +682,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--samples", help="proteins: a FASTA file of samples to judge (default: --n fresh samples)")
     e.add_argument("--order", choices=sorted(ORDERS), help="sudoku: unmasking order (default: Tweedie, random)")
-    e.add_argument("--order-noise", type=float, default=0.0)
+    e.add_argument("--order-noise", type=number(float, 0, 1e6), default=0.0, metavar="G")
     e.add_argument("--puzzles", help="sudoku: a puzzle file (puzzle,solution or puzzle-only lines)")
     e.add_argument(
         "--difficulty",

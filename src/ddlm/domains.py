@@ -228,7 +228,10 @@ class SudokuDomain(Domain):
         spec = self.cfg["spec"]
         heldout = self.heldout()
         if spec.startswith("sudoku:"):
-            pairs = sudoku.read_puzzles(spec.split(":", 1)[1])
+            path = spec.split(":", 1)[1]
+            pairs = sudoku.read_puzzles(path)
+            if not pairs:
+                raise UserError(f"--data {spec}: {path} holds no puzzles")
             train = torch.from_numpy(np.stack([s for _, s in pairs]).astype(np.int64) - 1)
             info = {"source": spec, "train": len(train), "heldout": len(heldout)}
             return train, heldout, info
@@ -251,6 +254,8 @@ class SudokuDomain(Domain):
         from .data import sudoku
 
         pairs = sudoku.read_puzzles(path) if path else sudoku.generate_puzzles(n, seed, givens=givens)
+        if not pairs:
+            raise UserError(f"--puzzles {path}: the file holds no puzzles")
         puzzles = torch.from_numpy(np.stack([p for p, _ in pairs]).astype(np.int64) - 1)
         solutions = torch.from_numpy(np.stack([s for _, s in pairs]).astype(np.int64) - 1)
         return puzzles, solutions

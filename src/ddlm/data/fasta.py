@@ -18,7 +18,7 @@ class FastaRecords:
 def _records(path: Path):
     """Yield (header, sequence, line number of the header); sequences may span lines."""
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = path.read_bytes().decode("utf-8-sig")  # a byte-order mark is encoding, not content
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
     except IsADirectoryError:
