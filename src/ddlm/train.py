@@ -111,7 +111,9 @@ class Trainer:
             p.requires_grad_(False)
         # a tensor of records, or any callable step -> batch (an endless generated stream)
         self.batches = TensorBatches(train_ids, cfg.batch_size, cfg.seed) if torch.is_tensor(train_ids) else train_ids
-        self.heldout_ids = heldout_ids[: cfg.eval_sequences]
+        # an evenly spaced subset: file order is not random (the first ACYP records are longer than average)
+        spread = torch.linspace(0, len(heldout_ids) - 1, min(cfg.eval_sequences, len(heldout_ids))).round().long()
+        self.heldout_ids = heldout_ids[spread.unique()]
         self.real_tokens = real_tokens
         decay, no_decay = [], []
         for p in self.net.parameters():
