@@ -109,7 +109,7 @@ def new_config(args, data_cfg: dict, vocab_size: int, length: int, tokenizer_cfg
         time_conditioning=time_cond and not objective.causal,
         causal=objective.causal,
         dropout=args.dropout,
-        learned_positions=data_cfg["kind"] == "sudoku",
+        layout="sudoku" if data_cfg["kind"] == "sudoku" else "sequence",
         **PRESETS[args.preset],
     )
     train = TrainConfig(seed=args.seed, precision=args.precision)

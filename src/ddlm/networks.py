@@ -29,7 +29,8 @@ class NetConfig:
     dropout: float = 0.0
     causal: bool = False
     time_conditioning: bool = False
-    learned_positions: bool = False  # added to the sinusoids: lets the model learn a 2-D layout (Sudoku)
+    learned_positions: bool = False  # added to the sinusoids: lets the model learn any layout
+    layout: str = "sequence"  # "sudoku": also embed each cell's row, column and box (81 positions)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -103,6 +104,14 @@ class Transformer(nn.Module):
         self.register_buffer("positions", sinusoid(torch.arange(cfg.max_len), cfg.d_model), persistent=False)
         if cfg.learned_positions:
             self.position_embed = nn.Embedding(cfg.max_len, cfg.d_model)
+        if cfg.layout == "sudoku":
+            # The rules of Sudoku are about rows, columns and boxes; giving each cell those three
+            # embeddings lets attention find its 20 peers by a dot product instead of learning the
+            # layout from 81 unrelated positions.
+            cell = torch.arange(81)
+            row, col = cell // 9, cell % 9
+            self.register_buffer("units", torch.stack([row, 9 + col, 18 + (row // 3) * 3 + col // 3], -1), False)
+            self.unit_embed = nn.Embedding(27, cfg.d_model)
         if cfg.time_conditioning:
             self.time_mlp = nn.Sequential(
                 nn.Linear(cfg.d_model, cfg.d_model), nn.SiLU(), nn.Linear(cfg.d_model, cfg.d_model)
@@ -139,6 +148,8 @@ class Transformer(nn.Module):
         h = self.embed(x) + self.positions[start : start + L].to(self.embed.weight.dtype)
         if self.cfg.learned_positions:
             h = h + self.position_embed.weight[start : start + L]
+        if self.cfg.layout == "sudoku":
+            h = h + self.unit_embed(self.units[start : start + L]).sum(-2)
         if self.cfg.time_conditioning:
             # log(sbar) spreads the noise levels of every schedule over a useful range of frequencies
             # (clamped: D3PM's last absorbing step sits at sbar = inf)

@@ -120,7 +120,10 @@ def generate(
     history = [x.clone()] if keep_history else None
     free = torch.ones_like(x, dtype=torch.bool) if clamp is None else ~clamp
     committed_score = torch.full(x.shape, torch.inf, device=device) if order is not None and order.remask else None
-    times = torch.linspace(1.0, t_end, steps + 1, dtype=torch.float64).tolist()
+    # A schedule with sbar(1) = inf (all masked at t = 1, as D3PM's absorbing one) starts just below 1,
+    # where the total noise is finite; the state there is still all-mask with probability 1 - 1e-6.
+    t_start = 1.0 if torch.isfinite(schedule.total(torch.tensor(1.0, dtype=torch.float64))) else 1.0 - 1e-6
+    times = torch.linspace(t_start, t_end, steps + 1, dtype=torch.float64).tolist()
 
     def evaluate(t: float, active: torch.Tensor) -> torch.Tensor:
         sbar = schedule.total(torch.tensor(t, dtype=torch.float64)).float()
