@@ -184,3 +184,21 @@ def test_semi_ar_windows_overlap_and_reach_the_length():
     assert len(calls) == 5 and (result.nfe == 15).all()  # 8 + 4 * 4 >= 21 tokens
     for clamp, _ in calls[1:]:
         assert clamp[:, :4].all() and not clamp[:, 4:].any()
+
+
+def test_d3pm_absorbing_samples_match_exact_distribution():
+    """D3PM's absorbing schedule is all-mask at t = 1 (sbar = inf); the sampler must still be exact."""
+    toy = ToyDistribution()
+    process = Absorbing(toy.V)
+    d3pm = D3PM(process, LogLinear(eps=0.0), steps=100)
+    result = generate(
+        ExactAbsorbingNet(toy, process.mask_id, 1.0),
+        d3pm,
+        TauLeaping(),
+        20_000,
+        toy.L,
+        256,
+        generator=torch.Generator().manual_seed(0),
+    )
+    counts = torch.bincount(toy.index(result.tokens), minlength=len(toy.p)).double()
+    assert 0.5 * (counts / 20_000 - toy.p).abs().sum() < 0.03
