@@ -154,7 +154,7 @@ class Transformer(nn.Module):
             # log(sbar) spreads the noise levels of every schedule over a useful range of frequencies
             # (clamped: D3PM's last absorbing step sits at sbar = inf)
             log_sbar = torch.log(sbar.float().clamp(1e-8, 1e4))
-            h = h + self.time_mlp(sinusoid(log_sbar * 100.0, self.cfg.d_model))[:, None, :]
+            h = h + self.time_mlp(sinusoid(log_sbar * 100.0, self.cfg.d_model).to(h.dtype))[:, None, :]
         for i, block in enumerate(self.blocks):
             h = block(h, None if kv_caches is None else kv_caches[i])
         return self.head(self.ln_f(h))
