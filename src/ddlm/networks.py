@@ -120,6 +120,12 @@ class Transformer(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_out)
         self.apply(self._init_weights)
+        if cfg.layout == "sudoku":
+            # Cells are described by their units alone, and at unit scale: with the default 0.02 the
+            # sinusoids (amplitude 1) drown token and unit, and a first run sat at log2(9) bits.
+            self.positions.zero_()
+            nn.init.normal_(self.embed.weight, std=1.0)
+            nn.init.normal_(self.unit_embed.weight, std=1.0)
         # A zero head starts every objective at its uninformed point (uniform scores / probabilities).
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
