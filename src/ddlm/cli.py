@@ -110,6 +110,7 @@ def new_config(args, data_cfg: dict, vocab_size: int, length: int, tokenizer_cfg
         causal=objective.causal,
         dropout=args.dropout,
         layout="sudoku" if data_cfg["kind"] == "sudoku" else "sequence",
+        positions="sinusoidal" if data_cfg["kind"] == "sudoku" else "rotary",
         **PRESETS[args.preset],
     )
     train = TrainConfig(seed=args.seed, precision=args.precision)

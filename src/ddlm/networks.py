@@ -31,6 +31,9 @@ class NetConfig:
     time_conditioning: bool = False
     learned_positions: bool = False  # added to the sinusoids: lets the model learn any layout
     layout: str = "sequence"  # "sudoku": also embed each cell's row, column and box (81 positions)
+    # "sinusoidal": added to the input (the seed's design); "rotary": rotary embeddings in attention
+    # (SEDD and MDLM's backbones), which make relative offsets easy to learn
+    positions: str = "sinusoidal"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -51,6 +54,20 @@ def sinusoid(positions: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
+def rotary_tables(length: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of position * frequency, [length, head_dim / 2] (RoFormer's frequencies)."""
+    freqs = 10000.0 ** (-torch.arange(0, head_dim, 2).float() / head_dim)
+    angles = torch.arange(length).float()[:, None] * freqs
+    return angles.cos(), angles.sin()
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each (first half, second half) pair of features by its position's angle: q.k then
+    depends on positions only through their difference."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
+
+
 class SelfAttention(nn.Module):
     def __init__(self, cfg: NetConfig):
         super().__init__()
@@ -60,9 +77,11 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)  # one fused matmul instead of three
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
 
-    def forward(self, x: torch.Tensor, kv_cache: dict | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv_cache: dict | None = None, rotation=None) -> torch.Tensor:
         B, L, D = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+        if rotation is not None:
+            q, k = rotate(q, *rotation), rotate(k, *rotation)
         is_causal = self.causal
         if kv_cache is not None:  # incremental AR decoding: append this step's keys and values
             if "k" in kv_cache:
@@ -89,8 +108,8 @@ class Block(nn.Module):
             nn.Dropout(cfg.dropout),
         )
 
-    def forward(self, x: torch.Tensor, kv_cache: dict | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), kv_cache)
+    def forward(self, x: torch.Tensor, kv_cache: dict | None = None, rotation=None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), kv_cache, rotation)
         return x + self.mlp(self.ln2(x))
 
 
@@ -102,6 +121,11 @@ class Transformer(nn.Module):
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_in, cfg.d_model)
         self.register_buffer("positions", sinusoid(torch.arange(cfg.max_len), cfg.d_model), persistent=False)
+        if cfg.positions == "rotary":
+            self.positions.zero_()  # positions enter through the attention's rotations instead
+            cos, sin = rotary_tables(cfg.max_len, cfg.d_model // cfg.n_heads)
+            self.register_buffer("rot_cos", cos, persistent=False)
+            self.register_buffer("rot_sin", sin, persistent=False)
         if cfg.learned_positions:
             self.position_embed = nn.Embedding(cfg.max_len, cfg.d_model)
         if cfg.layout == "sudoku":
@@ -161,8 +185,11 @@ class Transformer(nn.Module):
             # (clamped: D3PM's last absorbing step sits at sbar = inf)
             log_sbar = torch.log(sbar.float().clamp(1e-8, 1e4))
             h = h + self.time_mlp(sinusoid(log_sbar * 100.0, self.cfg.d_model).to(h.dtype))[:, None, :]
+        rotation = None
+        if self.cfg.positions == "rotary":
+            rotation = (self.rot_cos[start : start + L], self.rot_sin[start : start + L])
         for i, block in enumerate(self.blocks):
-            h = block(h, None if kv_caches is None else kv_caches[i])
+            h = block(h, None if kv_caches is None else kv_caches[i], rotation)
         return self.head(self.ln_f(h))
 
     def num_parameters(self) -> int:
