@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from .bench import add_parser as add_bench_parser
 from .data.fasta import write_fasta
 from .domains import domain_for_spec, domain_from_config
 from .errors import UserError
@@ -698,6 +699,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true")
     common_runtime(e)
     e.set_defaults(func=cmd_eval)
+    add_bench_parser(sub)
+
     r = sub.add_parser("report", help="write one HTML page: loss curves, metric tables, plots, samples")
     r.add_argument("run", help="run directory")
     r.add_argument("--out", help="HTML file (default RUN/report.html)")

@@ -1,0 +1,527 @@
+"""`ddlm bench`: how fast this machine trains and samples, against what its matrix units could do.
+
+Everything is measured for the SEDD absorbing objective on protein-sized data (V = 24 real tokens
+plus the mask, time conditioning off, so the sampler's cache is exact), on random token ids: only
+speed matters here. The real code paths run: `Trainer.train_step` (bf16 autocast where `--precision`
+says so) and `sampling.generate`.
+
+Model FLOPs utilisation (PaLM appendix B, nanoGPT's `estimate_mfu`):
+
+    FLOPs per trained token = 6 N + 12 n_layers L d_model
+
+    6 N          every weight does one multiply-add (2 FLOPs) per token in the forward pass and two in
+                 the backward pass (gradients with respect to its input and to itself). N counts the
+                 non-embedding parameters: the token embedding is a table lookup, no multiply-adds;
+                 the output head is a real matrix product and is counted.
+    12 n_layers L d_model
+                 attention scores Q K^T and the weighted sum A V cost 2 L d_model FLOPs each per token
+                 and layer in the forward pass, three times that with the backward pass. The attention
+                 is bidirectional, so the full L x L matrix is computed (no halving as for causal).
+
+    MFU = achieved model FLOP/s / peak FLOP/s of the precision in use,
+
+where the peak is this machine's own best square matrix product (fp32, or bf16 when bf16 autocast
+is active). A sampling step is a forward pass only: 2 N + 4 n_layers L d_model FLOPs per token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .errors import UserError
+from .networks import PRESETS, NetConfig, Transformer
+from .objectives import ScoreEntropy
+from .processes import Absorbing
+from .run import autocast_dtype, cpu_supports_bf16, pick_device
+from .sampling import TauLeaping, generate, low_precision_copy
+from .schedules import LogLinear
+from .train import TrainConfig, Trainer
+
+VOCAB = 24  # the protein tokenizer: 20 residues, X, and the start, end and padding markers
+SAMPLING_STEPS = (128, 1024)
+MATMUL_SIZES = (1024, 1536, 2048)
+MIN_REPEATS = 3  # timed repetitions at least, whatever --seconds says: a best-of needs several
+WARMUP_STEPS = 3  # the first steps pay for oneDNN kernel selection, allocator growth and lazy optimiser state
+DATA_BATCHES = 8  # random records = this many batches, so the epoch permutation is not trivially one batch
+# --scaling: long sequences get fewer rows so that one training step, or one network evaluation
+# while sampling, stays at about the work of a default batch (cost is reported per token anyway)
+SCALING_TRAIN_TOKENS = 32 * 256
+SCALING_SAMPLE_TOKENS = 16 * 129
+
+
+class Progress:
+    """One line per stage on stderr (stdout carries only the table or the JSON object)."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.t0 = time.perf_counter()
+
+    def __call__(self, msg: str) -> None:
+        if not self.quiet:
+            print(f"bench [{time.perf_counter() - self.t0:6.1f} s] {msg}", file=sys.stderr, flush=True)
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so wall-clock intervals measure the work and not its launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# --- machine ----------------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device: torch.device) -> dict:
+    info = {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": str(device),
+        "cpu_bf16": cpu_supports_bf16(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def bf16_is_fast(device: torch.device) -> bool:
+    return torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_supports_bf16()
+
+
+def matmul_gflops(dtype: torch.dtype, device: torch.device, seconds: float, sizes=MATMUL_SIZES) -> dict:
+    """Best GFLOP/s (2 n^3 FLOPs per n x n product) over square products of a few sizes.
+
+    Each size gets an untimed warm-up product (kernel selection, weight packing, page faults) and
+    then at least MIN_REPEATS timed ones within its share of `seconds`; the best single product is
+    the peak, since slower ones were disturbed by something else (the matrix units' peak is what MFU
+    divides by).
+    """
+    best, best_n, repeats = 0.0, 0, 0
+    for n in sizes:
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
+        c = torch.empty(n, n, device=device, dtype=dtype)
+        torch.matmul(a, b, out=c)
+        sync(device)
+        deadline = time.perf_counter() + seconds / len(sizes)
+        done = 0
+        while done < MIN_REPEATS or time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            torch.matmul(a, b, out=c)
+            sync(device)
+            rate = 2 * n**3 / (time.perf_counter() - t0) / 1e9
+            if rate > best:
+                best, best_n = rate, n
+            done += 1
+        repeats += done
+    return {"gflops": best, "size": best_n, "products": repeats}
+
+
+# --- model ------------------------------------------------------------------------------------------
+
+
+def non_embedding_parameters(net: Transformer) -> int:
+    return net.num_parameters() - net.embed.weight.numel()
+
+
+def train_flops_per_token(net: Transformer, length: int) -> float:
+    """6 N + 12 n_layers L d_model (see the module docstring)."""
+    cfg = net.cfg
+    return 6 * non_embedding_parameters(net) + 12 * cfg.n_layers * length * cfg.d_model
+
+
+def forward_flops_per_token(net: Transformer, length: int) -> float:
+    """2 N + 4 n_layers L d_model: one third of a training step's FLOPs."""
+    return train_flops_per_token(net, length) / 3
+
+
+@dataclass
+class Setup:
+    """What every measurement shares: the objective, the network shape, device and precision."""
+
+    objective: ScoreEntropy
+    net_cfg: NetConfig
+    device: torch.device
+    precision: str
+    amp: torch.dtype | None
+
+    def new_trainer(self, run_dir: Path, batch: int, length: int) -> Trainer:
+        """A fresh network and optimiser on random protein-sized data of `length` positions."""
+        torch.manual_seed(0)
+        net = Transformer(self.net_cfg)
+        gen = torch.Generator().manual_seed(0)
+        data = torch.randint(0, VOCAB, (DATA_BATCHES * batch, length), generator=gen)
+        cfg = TrainConfig(batch_size=batch, precision=self.precision)
+        # every position of random data is a real token: tokens = positions
+        return Trainer(run_dir, self.objective, net, data, data[:1], count_positions, cfg, self.device)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None)
+
+
+def count_positions(ids: torch.Tensor) -> torch.Tensor:
+    return torch.full(ids.shape[:1], ids.shape[1], dtype=torch.long)
+
+
+def time_training(
+    trainer: Trainer, length: int, seconds: float, warmup: int = WARMUP_STEPS, min_steps: int = MIN_REPEATS
+) -> dict:
+    """Mean wall time of `Trainer.train_step` after `warmup` untimed steps, over at least `min_steps`
+    steps and `seconds` seconds. train_step ends with .item(), which waits for the device.
+
+    The mean gives the throughput; the median is reported beside it because it shrugs off a step
+    slowed by another process, so a large gap between the two says the machine was not quiet."""
+    for _ in range(warmup):
+        trainer.train_step()
+        trainer.step += 1  # as fit() does: the next batch, and the learning-rate warm-up moves on
+    times: list[float] = []
+    skipped = 0
+    t0 = time.perf_counter()
+    while len(times) < min_steps or time.perf_counter() - t0 < seconds:
+        start = time.perf_counter()
+        skipped += trainer.train_step() is None
+        times.append(time.perf_counter() - start)
+        trainer.step += 1
+    elapsed = time.perf_counter() - t0
+    steps = len(times)
+    batch = trainer.cfg.batch_size
+    step_s = elapsed / steps
+    return {
+        "tokens_per_s": batch * length / step_s,
+        "step_ms": 1e3 * step_s,
+        "step_ms_median": 1e3 * statistics.median(times),
+        "steps": steps,
+        "skipped_steps": skipped,
+        "batch_size": batch,
+        "length": length,
+    }
+
+
+def time_sampling(
+    setup: Setup, net: Transformer, n: int, length: int, steps: int, use_cache: bool, seed: int, progress=None
+) -> dict:
+    """One run of `generate` (tau-leaping) for n sequences: seconds, rates and nfe.
+
+    nfe is the largest per-sequence count of network evaluations; `network_tokens` counts every
+    position the network processed (sum over sequences of nfe x length), so `network_gflops` says how
+    busy the matrix units were and the remainder of the time is the sampler's own per-step work.
+    """
+    gen = torch.Generator(setup.device).manual_seed(seed)
+    sync(setup.device)
+    t0 = time.perf_counter()
+    rule = TauLeaping()
+    net = low_precision_copy(net, setup.amp)  # as `ddlm sample` does: weights cast once, no autocast
+    with torch.inference_mode():
+        result = generate(
+            net,
+            setup.objective,
+            rule,
+            n,
+            length,
+            steps,
+            generator=gen,
+            use_cache=use_cache,
+            device=setup.device,
+            progress=progress,
+        )
+    sync(setup.device)
+    seconds = time.perf_counter() - t0
+    network_tokens = int(result.nfe.sum()) * length
+    return {
+        "seconds": seconds,
+        "samples_per_s": n / seconds,
+        "sequences_per_minute": 60 * n / seconds,
+        "tokens_per_s": n * length / seconds,
+        "ms_per_step": 1e3 * seconds / steps,
+        "nfe": int(result.nfe.max()),
+        "network_tokens": network_tokens,
+        "network_gflops": network_tokens * forward_flops_per_token(net, length) / seconds / 1e9,
+    }
+
+
+def warm_sampler(setup: Setup, net: Transformer, n: int, length: int) -> None:
+    """A two-step run first, so the timed runs do not pay for first-call kernel selection."""
+    time_sampling(setup, net, n, length, 2, use_cache=False, seed=0)
+
+
+# --- the benchmark ----------------------------------------------------------------------------------
+
+
+def peak_memory_mib(device: torch.device) -> dict:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_bytes = rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB, macOS bytes
+    out = {"rss": rss_bytes / 2**20}
+    if device.type == "cuda":
+        out["cuda_allocated"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
+
+
+def run_scaling(setup: Setup, args, say: Progress, run_dir: Path, plot: Path) -> dict:
+    """Training step and cached-sampling cost against sequence length and against batch size."""
+
+    def point(batch: int, length: int, sample_n: int) -> dict:
+        trainer = setup.new_trainer(run_dir, batch, length)
+        train = time_training(trainer, length, args.scaling_seconds, warmup=1, min_steps=2)
+        net = trainer.ema_net
+        warm_sampler(setup, net, sample_n, length)
+        sampling = time_sampling(setup, net, sample_n, length, args.scaling_steps, use_cache=True, seed=1)
+        sampling["sequences"] = sample_n
+        say(
+            f"  length {length:5d} batch {batch:3d}: train {train['tokens_per_s']:9.0f} tok/s "
+            f"{train['step_ms']:8.1f} ms/step | sample {sample_n:3d} seq {sampling['seconds']:6.2f} s "
+            f"({sampling['tokens_per_s']:.0f} tok/s)"
+        )
+        return {"length": length, "batch": batch, "train": train, "sampling": sampling}
+
+    say(f"scaling: {args.scaling_steps}-step cached sampling, {args.scaling_seconds:g} s of training per point")
+    by_length = []
+    for length in args.scaling_lengths:
+        batch = max(1, min(args.batch_size, SCALING_TRAIN_TOKENS // length))
+        sample_n = max(1, min(args.sequences, SCALING_SAMPLE_TOKENS // length))
+        by_length.append(point(batch, length, sample_n))
+    by_batch = [point(batch, args.length, batch) for batch in args.scaling_batches]
+    plot_scaling(by_length, by_batch, plot, args.length, args.scaling_steps)
+    say(f"scaling plot: {plot}")
+    return {
+        "sampling_steps": args.scaling_steps,
+        "seconds_per_point": args.scaling_seconds,
+        "length": by_length,
+        "batch": by_batch,
+        "plot": str(plot),
+        "peak_memory_mib": peak_memory_mib(setup.device),  # long sequences raise the high-water mark
+    }
+
+
+def plot_scaling(by_length: list[dict], by_batch: list[dict], out: Path, batch_length: int, steps: int) -> None:
+    """Two log-log panels of microseconds per token: training and cached sampling, vs length and vs batch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
+    for ax, points, key, xlabel in (
+        (axes[0], by_length, "length", "sequence length (batch reduced for long sequences)"),
+        (axes[1], by_batch, "batch", f"batch size (length {batch_length})"),
+    ):
+        x = [p[key] for p in points]
+        ax.plot(x, [1e6 / p["train"]["tokens_per_s"] for p in points], "o-", label="training step")
+        ax.plot(x, [1e6 / p["sampling"]["tokens_per_s"] for p in points], "s-", label=f"{steps}-step cached sampling")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(x, labels=[str(v) for v in x])  # the measured points, as plain numbers
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("microseconds per token (trained or generated)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def run_bench(args, say: Progress) -> dict:
+    if args.plot is not None and not args.scaling:
+        raise UserError("--plot names the --scaling plot; add --scaling")
+    device = pick_device(args.device)
+    amp = autocast_dtype(args.precision, device)
+    process = Absorbing(VOCAB)
+    objective = ScoreEntropy(process, LogLinear())
+    vocab_in, vocab_out = objective.net_vocab
+    max_len = max([args.length, *(args.scaling_lengths if args.scaling else [])])
+    net_cfg = NetConfig(
+        vocab_in, vocab_out, max_len, time_conditioning=False, positions="rotary", **PRESETS[args.preset]
+    )
+    setup = Setup(objective, net_cfg, device, args.precision, amp)
+    result: dict = {"machine": machine_info(device), "preset": args.preset}
+    say(f"{result['machine']['cpu']}, {result['machine']['torch_threads']} torch threads, device {device}")
+
+    # 1. the machine's matrix-product peak, for each precision the run might use
+    peaks = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        if name == "bf16" and not (bf16_is_fast(device) or amp == torch.bfloat16):
+            continue
+        say(f"matmul peak {name} ...")
+        peaks[name] = matmul_gflops(dtype, device, args.seconds)
+        say(f"  {peaks[name]['gflops']:.1f} GFLOP/s ({peaks[name]['size']}^2, {peaks[name]['products']} products)")
+    result["peak_gflops"] = {k: v["gflops"] for k, v in peaks.items()}
+    result["matmul"] = peaks
+
+    with tempfile.TemporaryDirectory(prefix="ddlm-bench-") as tmp:
+        run_dir = Path(tmp)
+        # 2. training throughput
+        precision = "bf16" if amp == torch.bfloat16 else "fp32"
+        say(f"training: batch {args.batch_size} x {args.length}, {precision} ...")
+        trainer = setup.new_trainer(run_dir, args.batch_size, args.length)
+        net = trainer.net
+        result["parameters"] = net.num_parameters()
+        result["non_embedding_parameters"] = non_embedding_parameters(net)
+        result["net"] = net_cfg.to_dict()
+        train = time_training(trainer, args.length, args.seconds)
+        flops = train_flops_per_token(net, args.length)
+        achieved = train["tokens_per_s"] * flops / 1e9
+        train.update(
+            precision=precision,
+            flops_per_token=flops,
+            achieved_gflops=achieved,
+            mfu=achieved / result["peak_gflops"][precision],
+        )
+        result["train"] = train
+        say(f"  {train['tokens_per_s']:.0f} tokens/s, {train['step_ms']:.1f} ms/step, MFU {train['mfu']:.1%}")
+
+        # 3. sampling, with the EMA weights as `ddlm sample` would use them
+        sample_net = trainer.ema_net
+        warm_sampler(setup, sample_net, args.sequences, args.length)
+        sampling: dict = {}
+        for steps in SAMPLING_STEPS:
+            sampling[str(steps)] = {}
+            for cached in (True, False):
+                name = "cached" if cached else "uncached"
+                say(f"sampling: {args.sequences} x {args.length}, {steps} steps, {name} ...")
+                with tqdm(total=steps + 1, disable=say.quiet, file=sys.stderr, unit="step", leave=False) as bar:
+                    r = time_sampling(
+                        setup, sample_net, args.sequences, args.length, steps, cached, seed=steps, progress=bar
+                    )
+                sampling[str(steps)][name] = r
+                say(f"  {r['seconds']:.2f} s, nfe {r['nfe']}, {r['sequences_per_minute']:.1f} sequences/min")
+        result["sampling"] = sampling
+        result["sampling_sequences"] = args.sequences
+        last = sampling[str(SAMPLING_STEPS[-1])]
+        result["cache_speedup"] = last["uncached"]["seconds"] / last["cached"]["seconds"]
+
+        # 4. memory high-water marks so far: the default configuration, before --scaling's long sequences
+        result["peak_memory_mib"] = peak_memory_mib(device)
+
+        # 6. scaling with length and batch size
+        if args.scaling:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            result["scaling"] = run_scaling(setup, args, say, run_dir, Path(args.plot or "bench_scaling.png"))
+    return result
+
+
+def format_table(r: dict) -> str:
+    m, t = r["machine"], r["train"]
+    peaks = "   ".join(f"{k} {v:,.1f} GFLOP/s" for k, v in r["peak_gflops"].items())
+    lines = [
+        f"machine   {m['cpu']}; {m['cores']} cores, {m['torch_threads']} torch threads; torch {m['torch']}; "
+        f"device {m['device']}" + (f" ({m['gpu']})" if "gpu" in m else ""),
+        f"model     preset {r['preset']}: {r['parameters'] / 1e6:.2f}M parameters "
+        f"({r['non_embedding_parameters'] / 1e6:.2f}M non-embedding); SEDD absorbing, {VOCAB} tokens + mask",
+        f"peak      {peaks}   (best square matmul)",
+        f"train     batch {t['batch_size']} x {t['length']}, {t['precision']}: {t['tokens_per_s']:,.0f} tokens/s, "
+        f"{t['step_ms']:.1f} ms/step (median {t['step_ms_median']:.1f}), {t['achieved_gflops']:.1f} GFLOP/s, "
+        f"MFU {t['mfu']:.1%} of the {t['precision']} peak",
+        "",
+        f"sampling  tau-leaping, {r['sampling_sequences']} sequences of {t['length']} positions",
+        f"  {'steps':>6} {'cache':>9} {'seconds':>9} {'seq/min':>9} {'samples/s':>10} {'nfe':>6} {'net GFLOP/s':>12}",
+    ]
+    for steps, by_cache in r["sampling"].items():
+        for name, s in by_cache.items():
+            lines.append(
+                f"  {steps:>6} {name:>9} {s['seconds']:9.2f} {s['sequences_per_minute']:9.1f} "
+                f"{s['samples_per_s']:10.2f} {s['nfe']:6d} {s['network_gflops']:12.1f}"
+            )
+    lines.append(f"cache speedup at {SAMPLING_STEPS[-1]} steps: {r['cache_speedup']:.1f}x")
+    mem = r["peak_memory_mib"]
+    lines.append(
+        f"peak memory: {mem['rss']:,.0f} MiB resident"
+        + (f", {mem['cuda_allocated']:,.0f} MiB CUDA allocated" if "cuda_allocated" in mem else "")
+    )
+    if "scaling" in r:
+        sc = r["scaling"]
+        lines += ["", f"scaling   training step and {sc['sampling_steps']}-step cached sampling (plot: {sc['plot']})"]
+        lines.append(
+            f"  {'length':>6} {'batch':>5} {'train tok/s':>12} {'ms/step':>9} {'sample seqs':>11} "
+            f"{'sample tok/s':>12} {'ms/step':>9} {'nfe':>5}"
+        )
+        for p in sc["length"] + sc["batch"]:
+            tr, sa = p["train"], p["sampling"]
+            lines.append(
+                f"  {p['length']:6d} {p['batch']:5d} {tr['tokens_per_s']:12,.0f} {tr['step_ms']:9.1f} "
+                f"{sa['sequences']:11d} {sa['tokens_per_s']:12,.0f} {sa['ms_per_step']:9.2f} {sa['nfe']:5d}"
+            )
+    return "\n".join(lines)
+
+
+def cmd_bench(args) -> int:
+    say = Progress(args.quiet)
+    result = run_bench(args, say)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(format_table(result))
+    return 0
+
+
+def int_list(text: str) -> list[int]:
+    """'64,128,256' -> [64, 128, 256], each at least 1."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give one or more integers of at least 1, e.g. 64,128")
+    return values
+
+
+def add_parser(subparsers) -> None:
+    """Add `bench` to the `ddlm` subcommands."""
+    from .cli import positive_float, positive_int  # imported here: cli imports this module
+
+    b = subparsers.add_parser(
+        "bench",
+        help="measure training and sampling speed, MFU and memory on this machine",
+        description="Time the real training step and sampler (SEDD absorbing, protein-sized random data) "
+        "against this machine's matrix-product peak.",
+    )
+    b.add_argument("--preset", choices=sorted(PRESETS), default="small", help="network size (default small)")
+    b.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    b.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="auto: bf16 autocast where the hardware supports it fast, as training does",
+    )
+    b.add_argument("--batch-size", type=positive_int, default=32, help="training batch (default 32)")
+    b.add_argument("--length", type=positive_int, default=129, help="positions per sequence (default 129)")
+    b.add_argument("--sequences", type=positive_int, default=16, help="sequences sampled per run (default 16)")
+    b.add_argument(
+        "--seconds", type=positive_float, default=10.0, help="measuring time per matmul peak and for training (10)"
+    )
+    b.add_argument("--scaling", action="store_true", help="also cost against sequence length and batch size")
+    b.add_argument(
+        "--scaling-lengths", type=int_list, default=[64, 128, 256, 512, 1024], metavar="L,L,...", help="(--scaling)"
+    )
+    b.add_argument("--scaling-batches", type=int_list, default=[1, 4, 16, 64], metavar="B,B,...", help="(--scaling)")
+    b.add_argument("--scaling-seconds", type=positive_float, default=1.5, help="training time per scaling point (1.5)")
+    b.add_argument("--scaling-steps", type=positive_int, default=128, help="sampling steps per scaling point (128)")
+    b.add_argument("--plot", metavar="PNG", help="where --scaling draws its plot (default bench_scaling.png)")
+    b.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    b.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    b.set_defaults(func=cmd_bench)

@@ -1,0 +1,136 @@
+"""`ddlm bench`: the JSON contract (keys, positive finite figures, nfe bounds, MFU) and the scaling plot.
+
+Tiny settings only: the figures are checked for shape and sanity, never for speed.
+"""
+
+import argparse
+import contextlib
+import io
+import json
+import math
+
+import pytest
+
+from ddlm.bench import add_parser, cmd_bench, format_table
+from ddlm.errors import UserError
+
+LENGTH = 24
+TINY = ["--preset", "tiny", "--seconds", "0.05", "--length", str(LENGTH), "--batch-size", "8", "--quiet"]
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="ddlm")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(["bench", *argv])
+
+
+def positive_finite(x) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x) and x > 0
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory) -> tuple[dict, str, object]:
+    """One tiny benchmark with --scaling on short lengths, shared by the tests below."""
+    plot = tmp_path_factory.mktemp("bench") / "scaling.png"
+    argv = [
+        *TINY,
+        "--json",
+        "--scaling",
+        "--scaling-lengths",
+        "8,16",
+        "--scaling-batches",
+        "1,4",
+        "--scaling-seconds",
+        "0.05",
+        "--scaling-steps",
+        "16",
+        "--plot",
+        str(plot),
+    ]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cmd_bench(parse(argv)) == 0
+    text = out.getvalue()
+    return json.loads(text), text, plot
+
+
+def test_json_is_one_object_with_the_documented_keys(bench_run):
+    result, text, _ = bench_run
+    assert text.count("\n") == 1
+    assert set(result) >= {
+        "machine",
+        "preset",
+        "parameters",
+        "peak_gflops",
+        "train",
+        "sampling",
+        "cache_speedup",
+        "peak_memory_mib",
+        "scaling",
+    }
+    assert result["preset"] == "tiny"
+    assert {"cpu", "cores", "torch_threads", "torch", "device"} <= set(result["machine"])
+    assert positive_finite(result["parameters"])
+    assert positive_finite(result["peak_gflops"]["fp32"])
+    for value in result["peak_gflops"].values():
+        assert positive_finite(value)
+    assert positive_finite(result["peak_memory_mib"]["rss"])
+    assert positive_finite(result["cache_speedup"])
+
+
+def test_training_figures_and_mfu(bench_run):
+    train = bench_run[0]["train"]
+    for key in ("tokens_per_s", "step_ms", "flops_per_token", "achieved_gflops", "mfu"):
+        assert positive_finite(train[key]), key
+    assert train["precision"] in bench_run[0]["peak_gflops"]
+    assert 0 < train["mfu"] <= 1  # achieved model FLOP/s cannot beat the best plain matrix product
+    assert train["batch_size"] == 8 and train["length"] == LENGTH
+
+
+def test_sampling_nfe_bounds(bench_run):
+    sampling = bench_run[0]["sampling"]
+    assert set(sampling) == {"128", "1024"}
+    for steps, by_cache in sampling.items():
+        assert set(by_cache) == {"cached", "uncached"}
+        for run in by_cache.values():
+            for key in ("seconds", "samples_per_s", "sequences_per_minute", "nfe"):
+                assert positive_finite(run[key]), (steps, key)
+        # cached: each re-evaluation follows an unmasking, so at most one per position plus the first
+        assert by_cache["cached"]["nfe"] <= LENGTH + 1
+        # uncached: one evaluation per step, fewer if every position is unmasked before the last step
+        assert by_cache["cached"]["nfe"] <= by_cache["uncached"]["nfe"] <= int(steps) + 1
+    assert sampling["1024"]["uncached"]["nfe"] > sampling["1024"]["cached"]["nfe"]
+
+
+def test_scaling_writes_png_and_numbers(bench_run):
+    result, _, plot = bench_run
+    scaling = result["scaling"]
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert scaling["plot"] == str(plot)
+    assert [p["length"] for p in scaling["length"]] == [8, 16]
+    assert [p["batch"] for p in scaling["batch"]] == [1, 4]
+    assert all(p["length"] == LENGTH for p in scaling["batch"])
+    for p in scaling["length"] + scaling["batch"]:
+        for part in ("train", "sampling"):
+            assert positive_finite(p[part]["tokens_per_s"])
+        assert positive_finite(p["train"]["step_ms"])
+        assert positive_finite(p["sampling"]["ms_per_step"])
+        assert p["sampling"]["nfe"] <= p["length"] + 1
+
+
+def test_table_names_every_figure(bench_run):
+    table = format_table(bench_run[0])
+    for word in ("tokens/s", "MFU", "GFLOP/s", "cache speedup", "peak memory", "1024", "uncached", "scaling"):
+        assert word in table
+
+
+def test_plot_without_scaling_is_a_user_error():
+    with pytest.raises(UserError, match="--scaling"):
+        cmd_bench(parse([*TINY, "--plot", "x.png"]))
+
+
+@pytest.mark.parametrize("bad", ["", "64,x", "0,64"])
+def test_bad_scaling_list_is_rejected(bad, capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse(["--scaling-lengths", bad])
+    assert exc.value.code == 2
