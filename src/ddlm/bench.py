@@ -178,9 +178,6 @@ class Setup:
         # every position of random data is a real token: tokens = positions
         return Trainer(run_dir, self.objective, net, data, data[:1], count_positions, cfg, self.device)
 
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None)
-
 
 def count_positions(ids: torch.Tensor) -> torch.Tensor:
     return torch.full(ids.shape[:1], ids.shape[1], dtype=torch.long)
@@ -516,9 +513,19 @@ def add_parser(subparsers) -> None:
     )
     b.add_argument("--scaling", action="store_true", help="also cost against sequence length and batch size")
     b.add_argument(
-        "--scaling-lengths", type=int_list, default=[64, 128, 256, 512, 1024], metavar="L,L,...", help="(--scaling)"
+        "--scaling-lengths",
+        type=int_list,
+        default=[64, 128, 256, 512, 1024],
+        metavar="L,L,...",
+        help="--scaling: sequence lengths (default 64,128,256,512,1024)",
     )
-    b.add_argument("--scaling-batches", type=int_list, default=[1, 4, 16, 64], metavar="B,B,...", help="(--scaling)")
+    b.add_argument(
+        "--scaling-batches",
+        type=int_list,
+        default=[1, 4, 16, 64],
+        metavar="B,B,...",
+        help="--scaling: batch sizes at --length (default 1,4,16,64)",
+    )
     b.add_argument("--scaling-seconds", type=positive_float, default=1.5, help="training time per scaling point (1.5)")
     b.add_argument("--scaling-steps", type=positive_int, default=128, help="sampling steps per scaling point (128)")
     b.add_argument("--plot", metavar="PNG", help="where --scaling draws its plot (default bench_scaling.png)")
