@@ -1,3 +1,4 @@
+import json
 import os
 import random
 import subprocess
@@ -67,3 +68,14 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subpro
     return subprocess.run(
         [sys.executable, "-m", "ddlm", *args], capture_output=True, text=True, env=full_env, timeout=timeout
     )
+
+
+def json_out(capsys, argv: list[str]) -> dict:
+    """Run the CLI in-process: it must succeed and print exactly one JSON object on stdout."""
+    from ddlm.cli import main
+
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert captured.out.count("\n") == 1  # exactly one JSON object on stdout
+    return json.loads(captured.out)

@@ -1,20 +1,12 @@
 """The CLI contract other issues build on: JSON shapes, nfe bound, infilling, errors with exit code 2."""
 
-import json
 import math
 
 import pytest
-from conftest import run_cli
+from conftest import json_out, run_cli
 
 from ddlm.cli import main
 from ddlm.data.proteins import AMINO_ACIDS
-
-
-def json_out(capsys, argv) -> dict:
-    assert main(argv) == 0
-    out = capsys.readouterr().out
-    assert out.count("\n") == 1  # exactly one JSON object on stdout
-    return json.loads(out)
 
 
 def test_train_writes_run_directory(tiny_run):

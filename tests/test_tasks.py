@@ -1,16 +1,10 @@
 """Sudoku, text and protein evaluation from the CLI; report, animation and Hugging Face style export."""
 
-import json
-
 import pytest
 import torch
+from conftest import json_out
 
 from ddlm.cli import main
-
-
-def json_out(capsys, argv) -> dict:
-    assert main(argv) == 0, capsys.readouterr().err
-    return json.loads(capsys.readouterr().out)
 
 
 @pytest.fixture(scope="module")
