@@ -101,6 +101,9 @@ def machine_info(device: torch.device) -> dict:
         "torch": torch.__version__,
         "device": str(device),
         "cpu_bf16": cpu_supports_bf16(),
+        # other work on the machine skews every figure (two-thread runs slow down many-fold when a
+        # core is taken), so the 1-minute load average at the start goes into the record
+        "load_average": os.getloadavg()[0],
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -356,7 +359,10 @@ def run_bench(args, say: Progress) -> dict:
     )
     setup = Setup(objective, net_cfg, device, args.precision, amp)
     result: dict = {"machine": machine_info(device), "preset": args.preset}
-    say(f"{result['machine']['cpu']}, {result['machine']['torch_threads']} torch threads, device {device}")
+    m = result["machine"]
+    say(f"{m['cpu']}, {m['torch_threads']} torch threads, device {device}, load average {m['load_average']:.2f}")
+    if m["load_average"] > 0.5 * (m["cores"] or 1):
+        say("warning: the machine is busy with other work; these figures will be low")
 
     # 1. the machine's matrix-product peak, for each precision the run might use
     peaks = {}
@@ -427,7 +433,10 @@ def format_table(r: dict) -> str:
     peaks = "   ".join(f"{k} {v:,.1f} GFLOP/s" for k, v in r["peak_gflops"].items())
     lines = [
         f"machine   {m['cpu']}; {m['cores']} cores, {m['torch_threads']} torch threads; torch {m['torch']}; "
-        f"device {m['device']}" + (f" ({m['gpu']})" if "gpu" in m else ""),
+        f"device {m['device']}"
+        + (f" ({m['gpu']})" if "gpu" in m else "")
+        # older records have no load average
+        + (f"; load average {m['load_average']:.2f} at start" if "load_average" in m else ""),
         f"model     preset {r['preset']}: {r['parameters'] / 1e6:.2f}M parameters "
         f"({r['non_embedding_parameters'] / 1e6:.2f}M non-embedding); SEDD absorbing, {VOCAB} tokens + mask",
         f"peak      {peaks}   (best square matmul)",
