@@ -30,12 +30,15 @@ def total_variation(toy: ToyDistribution, samples: torch.Tensor) -> float:
     ],
     ids=["sedd-tau", "mdlm-tau", "sedd-euler", "mdlm-tau-4-steps"],
 )
-def test_absorbing_samples_match_exact_distribution(objective_cls, scale, rule, steps, bound):
+@pytest.mark.parametrize("use_cache", [True, False], ids=["clocked", "stepwise"])
+def test_absorbing_samples_match_exact_distribution(objective_cls, scale, rule, steps, bound, use_cache):
     toy = ToyDistribution()
     process = Absorbing(toy.V)
     objective = objective_cls(process, LogLinear())
     net = ExactAbsorbingNet(toy, process.mask_id, scale)
-    result = generate(net, objective, rule, N, toy.L, steps, generator=torch.Generator().manual_seed(0))
+    result = generate(
+        net, objective, rule, N, toy.L, steps, generator=torch.Generator().manual_seed(0), use_cache=use_cache
+    )
     assert not (result.tokens == process.mask_id).any()
     assert total_variation(toy, result.tokens) < bound
 
@@ -75,19 +78,65 @@ def tiny_net(seed: int = 0, time_conditioning: bool = False) -> Transformer:
     return net.eval()
 
 
-def test_cached_and_uncached_sampling_agree_and_cache_bounds_nfe():
+def test_stepwise_cache_reuses_exact_outputs_and_bounds_nfe():
+    """Step by step (as when the history is kept), the cache only skips calls whose output is known, so
+    it reproduces the uncached run draw for draw."""
     net = tiny_net()
     objective = ScoreEntropy(Absorbing(5), LogLinear())
     L, steps = 16, 1024
-    runs = {
-        cache: generate(
-            net, objective, TauLeaping(), 8, L, steps, generator=torch.Generator().manual_seed(3), use_cache=cache
+
+    def run(cache):
+        g = torch.Generator().manual_seed(3)
+        return generate(net, objective, TauLeaping(), 8, L, steps, generator=g, use_cache=cache, keep_history=True)
+
+    cached, uncached = run(True), run(False)
+    assert torch.equal(cached.tokens, uncached.tokens)
+    assert cached.nfe.max() <= L + 1
+    assert uncached.nfe.min() > L + 1  # without the cache every step costs an evaluation
+
+
+class CountingNet(torch.nn.Module):
+    """Wraps a network and records the batch size of every call."""
+
+    time_conditioned = False
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.calls = net, []
+
+    def forward(self, x, sbar=None):
+        self.calls.append(x.shape[0])
+        return self.net(x, sbar)
+
+
+@pytest.mark.parametrize("rule", [TauLeaping(), Euler()], ids=["tau", "euler"])
+def test_clocked_sampler_batches_every_waiting_sequence_into_one_call(rule):
+    """Each call evaluates every sequence that still has masks, so a batch costs as many calls as its
+    busiest sequence has unmasking events (the first call: all of them)."""
+    net = CountingNet(tiny_net())
+    objective = MDLM(Absorbing(5), LogLinear())
+    B, L = 8, 16
+    result = generate(net, objective, rule, B, L, 1024, generator=torch.Generator().manual_seed(4))
+    assert len(net.calls) == int(result.nfe.max()) <= L + 1
+    assert net.calls[0] == B and sum(net.calls) == int(result.nfe.sum())
+    assert net.calls == sorted(net.calls, reverse=True)  # finished sequences drop out, none come back
+
+
+def test_clocked_sampler_keeps_clamps_and_allowed_tokens():
+    net = tiny_net(1)
+    process = Absorbing(5)
+    objective = ScoreEntropy(process, LogLinear())
+    B, L = 16, 16
+    g = torch.Generator().manual_seed(1)
+    clamp = torch.rand(B, L, generator=g) < 0.3
+    values = torch.randint(0, 5, (B, L), generator=g)
+    allowed = torch.tensor([False, True, True, False, True])
+    for steps in (1, 7, 100):
+        result = generate(
+            net, objective, TauLeaping(), B, L, steps, clamp=clamp, clamp_values=values, allowed=allowed, generator=g
         )
-        for cache in (True, False)
-    }
-    assert torch.equal(runs[True].tokens, runs[False].tokens)
-    assert runs[True].nfe.max() <= L + 1
-    assert runs[False].nfe.min() > L + 1  # without the cache every step costs an evaluation
+        assert torch.equal(result.tokens[clamp], values[clamp])
+        assert allowed[result.tokens[~clamp]].all()
 
 
 def test_time_conditioned_network_is_never_cached():

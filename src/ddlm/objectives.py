@@ -62,6 +62,13 @@ class DiffusionObjective(Objective):
 
     continuous_time = True
 
+    @property
+    def time_separable(self) -> bool:
+        """True if, at a masked position of the absorbing process, the scores of a network that ignores
+        time are s_y(t) = s_y(t') expm1(sbar(t')) / expm1(sbar(t)) -- the time factor of the true ratios
+        p_t(y) / p_t(mask). Then one evaluation fixes a sequence's scores at every t until it changes."""
+        return False
+
     def loss(self, net, x0, t=None, generator=None, t_min=1e-3):
         B = x0.shape[0]
         if t is None:
@@ -120,6 +127,10 @@ class ScoreEntropy(DiffusionObjective):
 
     name = "sedd"
 
+    @property
+    def time_separable(self) -> bool:
+        return isinstance(self.process, Absorbing)
+
     def log_score(self, out, xt, sbar):
         if isinstance(self.process, Absorbing):
             return out - log_expm1(sbar) - math.log(self.vocab_size)
@@ -164,6 +175,8 @@ class MDLM(DiffusionObjective):
         if not isinstance(process, Absorbing):
             raise ValueError("mdlm is defined for the absorbing process only")
         super().__init__(process, schedule)
+
+    time_separable = True
 
     def log_score(self, out, xt, sbar):
         return F.log_softmax(out, dim=-1) - log_expm1(sbar)

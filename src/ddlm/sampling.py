@@ -10,10 +10,17 @@ output is still exact, so it is reused. This is tracked per sequence: only the s
 changed are re-evaluated, and `nfe` counts evaluations per sequence. For the absorbing process each
 change unmasks at least one position, so a sequence of L positions costs at most L + 1 evaluations
 whatever the number of steps.
+
+With the cache, absorbing sequences also run on their own clocks (`generate_clocked`): a sequence's
+scores stay valid until it changes, so it can walk through the steps without the network until one of
+its positions unmasks, and the evaluations its next state needs are batched with those of the other
+sequences, whatever step each has reached. One batched call per unmasking event, instead of a call
+on the few sequences that happened to change at each step.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -33,6 +40,11 @@ class StepRule:
     def probs(self, process: Process, schedule: Schedule, xt, s, t: float, t_next: float) -> torch.Tensor:
         raise NotImplementedError
 
+    def unmask_weight(self, schedule: Schedule, t: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:
+        """w such that a masked position of the absorbing process unmasks with probability
+        min(1, w sum_y s_y) in the step t -> t_next, choosing y with probability proportional to s_y."""
+        raise NotImplementedError
+
 
 class TauLeaping(StepRule):
     """Tweedie tau-leaping: exact per-position reverse step given the score (SEDD Alg. 2)."""
@@ -44,6 +56,9 @@ class TauLeaping(StepRule):
             torch.tensor(t_next, dtype=torch.float64)
         )
         return process.tweedie_probs(xt, s, d.to(s.dtype))
+
+    def unmask_weight(self, schedule, t, t_next):
+        return torch.expm1(schedule.total(t) - schedule.total(t_next))  # Absorbing.tweedie_probs
 
 
 class Euler(StepRule):
@@ -60,6 +75,9 @@ class Euler(StepRule):
         move = move / total.clamp(min=1.0)
         stay = (1 - move.sum(-1, keepdim=True)).clamp(min=0)
         return move.scatter_add(-1, xt[..., None], stay)
+
+    def unmask_weight(self, schedule, t, t_next):
+        return schedule.rate(t) * (t - t_next)  # the absorbing rates are s_y, rescaled when they pass 1
 
 
 STEP_RULES: dict[str, type[StepRule]] = {"tau-leaping": TauLeaping, "euler": Euler}
@@ -114,16 +132,19 @@ def generate(
     if clamp is not None:
         x = torch.where(clamp, clamp_values, x)
     cache_ok = use_cache and not net.time_conditioned
-    out = torch.zeros(batch, length, objective.vocab_size, device=device)
-    fresh = torch.zeros(batch, dtype=torch.bool, device=device)  # out[b] is valid for the current x[b]
-    nfe = torch.zeros(batch, dtype=torch.long, device=device)
-    history = [x.clone()] if keep_history else None
     free = torch.ones_like(x, dtype=torch.bool) if clamp is None else ~clamp
-    committed_score = torch.full(x.shape, torch.inf, device=device) if order is not None and order.remask else None
     # A schedule with sbar(1) = inf (all masked at t = 1, as D3PM's absorbing one) starts just below 1,
     # where the total noise is finite; the state there is still all-mask with probability 1 - 1e-6.
     t_start = 1.0 if torch.isfinite(schedule.total(torch.tensor(1.0, dtype=torch.float64))) else 1.0 - 1e-6
     times = torch.linspace(t_start, t_end, steps + 1, dtype=torch.float64).tolist()
+    if cache_ok and order is None and objective.time_separable and not keep_history:
+        tokens, nfe = generate_clocked(net, objective, rule, x, free, times, allowed, generator, progress)
+        return SampleResult(tokens=tokens, nfe=nfe)
+    out = torch.zeros(batch, length, objective.vocab_size, device=device)
+    fresh = torch.zeros(batch, dtype=torch.bool, device=device)  # out[b] is valid for the current x[b]
+    nfe = torch.zeros(batch, dtype=torch.long, device=device)
+    history = [x.clone()] if keep_history else None
+    committed_score = torch.full(x.shape, torch.inf, device=device) if order is not None and order.remask else None
 
     def evaluate(t: float, active: torch.Tensor) -> torch.Tensor:
         sbar = schedule.total(torch.tensor(t, dtype=torch.float64)).float()
@@ -161,6 +182,68 @@ def generate(
         if progress is not None:
             progress.update(1)
     return SampleResult(tokens=x, nfe=nfe, history=history)
+
+
+def generate_clocked(
+    net, objective: DiffusionObjective, rule: StepRule, x, free, times: list[float], allowed, generator, progress=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cached reverse process with one clock per sequence (absorbing process, time-separable scores).
+
+    After an evaluation, a sequence's scores at step k are s_y(t_k) = r_y / expm1(sbar(t_k)), r the
+    scores at time factor 1. Each masked free position unmasks at step k independently with probability
+    min(1, w_k sum_y s_y(t_k)) (the step rule's weight w_k), and the last step unmasks all that remain.
+    The sequence draws these coins step after step on its own clock until some position unmasks; those
+    positions take y with probability proportional to r_y, and the sequence waits for its next
+    evaluation. Every waiting sequence is evaluated in one call, so a batch costs as many calls as its
+    busiest sequence has unmasking events. Each sequence follows exactly the law of the step-by-step
+    sampler; only the order in which random numbers are drawn differs.
+    """
+    process, schedule = objective.process, objective.schedule
+    steps = len(times) - 1
+    t = torch.tensor(times, dtype=torch.float64)
+    sbar = schedule.total(t)
+    weight = torch.full((steps + 1,), torch.inf, dtype=torch.float64)  # the last step (to t = 0) takes all
+    weight[:steps] = rule.unmask_weight(schedule, t[:-1], t[1:]) / torch.expm1(sbar[:-1])
+    weight = weight.to(x.device)
+    unit_time = torch.tensor(math.log(2.0), device=x.device)  # expm1(sbar) = 1: the time factor is 1
+    window = 32  # steps of coins drawn at once; a sequence's next event is usually a few steps away
+    clock = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)  # the next step each sequence takes
+    nfe = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+    done_steps = 0
+    while True:
+        masked = (x == process.mask_id) & free
+        rows = masked.any(-1).nonzero().squeeze(-1)
+        if len(rows) == 0:
+            break
+        xs = x[rows]
+        s = objective.log_score(net(xs, unit_time.expand(len(rows))).float(), xs, unit_time).exp()
+        if allowed is not None:
+            s = s * allowed.to(s)
+        nfe[rows] += 1
+        rate = s.sum(-1).double() * masked[rows]  # [b, L]; zero where nothing can happen
+        hit, waiting = torch.zeros_like(masked[rows]), torch.arange(len(rows), device=x.device)
+        while len(waiting):  # walk each waiting sequence forward until one of its positions unmasks
+            k = (clock[rows[waiting]][:, None] + torch.arange(window, device=x.device)).clamp(max=steps)
+            p = (rate[waiting][:, :, None] * weight[k][:, None, :]).clamp(max=1.0)  # [b, L, window]
+            p = torch.where((k == steps)[:, None, :] & masked[rows[waiting]][:, :, None], 1.0, p)
+            coins = torch.rand(p.shape, generator=generator, device=x.device, dtype=torch.float64) < p
+            any_hit = coins.any(1)  # [b, window]
+            found = any_hit.any(-1)
+            first = any_hit.float().argmax(-1)  # the first step in the window with an event
+            event = waiting[found]
+            hit[event] = coins[found, :, first[found]]
+            clock[rows[event]] = k[found, first[found]] + 1
+            clock[rows[waiting[~found]]] += window
+            waiting = waiting[~found]
+        new = draw(s[hit], generator)
+        xs[hit] = new
+        x[rows] = xs
+        if progress is not None:  # as far as the slowest unfinished clock
+            left = ((x == process.mask_id) & free).any(-1)
+            now = int(clock[left].min()) if left.any() else steps + 1
+            progress.update(max(0, now - done_steps))
+            done_steps = max(done_steps, now)
+    return x, nfe
 
 
 def final_probs(process: Process, schedule: Schedule, xt, s, t_end: float) -> torch.Tensor:
