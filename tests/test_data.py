@@ -123,7 +123,7 @@ def test_skip_invalid_counts_and_never_alters(tmp_path):
 def test_binary_file_is_a_clear_error(tmp_path):
     path = tmp_path / "x.fa"
     path.write_bytes(b"\xff\xfe\x00>x")
-    with pytest.raises(UserError, match="not a text file"):
+    with pytest.raises(UserError, match="not UTF-8 text"):
         read_fasta(path, proteins.AMINO_ACIDS, max_len=10)
 
 

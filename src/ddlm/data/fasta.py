@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
+from .sources import read_user_text
 
 
 @dataclass
@@ -17,16 +18,7 @@ class FastaRecords:
 
 def _records(path: Path):
     """Yield (header, sequence, line number of the header); sequences may span lines."""
-    try:
-        text = path.read_bytes().decode("utf-8-sig")  # a byte-order mark is encoding, not content
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a directory, expected a FASTA file") from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not a text file (byte {e.start} is not UTF-8)") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    text = read_user_text(path)
     header, lineno, chunks = None, 0, []
     for n, line in enumerate(text.splitlines(), start=1):
         line = line.strip()

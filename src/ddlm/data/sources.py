@@ -28,6 +28,28 @@ def cache_dir() -> Path:
     return Path(base) / "ddlm"
 
 
+def read_user_text(path: str | os.PathLike, where: str | None = None) -> str:
+    """The UTF-8 text of a file the user named (a leading byte-order mark is encoding, not content).
+
+    Every failure is a UserError that starts with `where` (default: the path) and says what is wrong:
+    missing, a directory, unreadable, or the first byte that is not UTF-8 with its line number."""
+    where = where or os.fspath(path)
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{where}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"{where}: is a directory, not a file") from None
+    except OSError as e:
+        raise UserError(f"{where}: cannot read ({e.strerror})") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        byte = raw[e.start : e.start + 1]
+        raise UserError(f"{where}: not UTF-8 text: byte {e.start} (line {line}) is {byte!r} ({e.reason})") from None
+
+
 def sha256_of(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -26,6 +26,8 @@ import numpy as np
 
 from ddlm.errors import UserError
 
+from .sources import read_user_text
+
 __all__ = [
     "count_solutions",
     "format_grid",
@@ -544,15 +546,7 @@ def read_puzzles(path: str | os.PathLike) -> list[tuple[np.ndarray, np.ndarray]]
     Given solutions are checked for validity and agreement with the givens, not for uniqueness.
     """
     name = os.fspath(path)
-    try:
-        with open(name, encoding="utf-8") as f:
-            lines = f.readlines()
-    except FileNotFoundError:
-        raise UserError(f"{name}: puzzle file not found") from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"{name}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise UserError(f"{name}: cannot read puzzle file ({e.strerror})") from None
+    lines = read_user_text(path).splitlines()
 
     pairs: list[tuple[np.ndarray, np.ndarray]] = []
     first_record = True

@@ -61,7 +61,7 @@ import torch
 
 from ..errors import UserError
 from .proteins import is_heldout
-from .sources import RemoteFile, cache_dir, resolve, sha256_of
+from .sources import RemoteFile, cache_dir, read_user_text, resolve, sha256_of
 from .tokenizers import CharTokenizer
 
 EOT = "<|endoftext|>"
@@ -321,23 +321,9 @@ class TextSplits:
 
 
 def read_text_file(path: Path, flag: str | None = None) -> str:
-    """The UTF-8 text of `path`; UserError naming the file if it is missing, not UTF-8 or empty."""
+    """The UTF-8 text of `path`; UserError naming the flag and file if it is unreadable or empty."""
     where = f"{flag} {path}" if flag else str(path)
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"{where}: no such file") from None
-    except IsADirectoryError:
-        raise UserError(f"{where}: is a directory, not a text file") from None
-    except OSError as e:
-        raise UserError(f"{where}: cannot read ({e.strerror})") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise UserError(
-            f"{where}: not UTF-8 text: byte {e.start} (line {line}) is {raw[e.start : e.start + 1]!r} ({e.reason})"
-        ) from None
+    text = read_user_text(path, where)
     if not text.strip():
         raise UserError(f"{where}: the file is empty" if not text else f"{where}: the file holds only whitespace")
     return text
