@@ -18,15 +18,16 @@ import torch
 from tqdm import tqdm
 
 from .bench import add_parser as add_bench_parser
+from .block_diffusion import BlockDiffusion
 from .data.fasta import write_fasta
 from .domains import domain_for_spec, domain_from_config
 from .errors import UserError
 from .evaluate.likelihood import evaluate_bound
 from .networks import PRESETS, NetConfig, Transformer
-from .objectives import OBJECTIVES, AutoRegressive
+from .objectives import AutoRegressive
 from .ordering import ORDERS
 from .processes import PROCESSES
-from .run import autocast_dtype, build_objective, load_run, pick_device, read_config, write_config
+from .run import OBJECTIVES, autocast_dtype, build_objective, load_run, pick_device, read_config, write_config
 from .sampling import STEP_RULES, SampleSpec, sample_many
 from .schedules import SCHEDULES
 from .train import StopTraining, TrainConfig, Trainer
@@ -72,6 +73,24 @@ def check_combination(args) -> None:
             raise UserError("--objective ar takes no --process, --schedule or --time-conditioning (it has no noise)")
     if args.objective != "d3pm" and (args.diffusion_steps is not None or args.hybrid_lambda is not None):
         raise UserError("--diffusion-steps and --hybrid-lambda apply to --objective d3pm only")
+    if args.objective != "bd3lm" and args.diffusion_block is not None:
+        raise UserError("--diffusion-block applies to --objective bd3lm only")
+    if args.objective == "bd3lm" and (args.process != "absorbing" or args.time_conditioning):
+        # each block has its own noise level, which one per-sequence time embedding cannot carry
+        raise UserError("--objective bd3lm needs --process absorbing and takes no --time-conditioning")
+
+
+def check_length(args, length: int) -> None:
+    """Flags that depend on the data: bd3lm's blocks must tile the training length."""
+    if args.objective == "bd3lm" and length % diffusion_block(args):
+        raise UserError(
+            f"--diffusion-block {diffusion_block(args)} does not divide the training length {length} "
+            "(text: --block-size; proteins: --max-len + 2)"
+        )
+
+
+def diffusion_block(args) -> int:
+    return 4 if args.diffusion_block is None else args.diffusion_block
 
 
 def data_config(args) -> dict:
@@ -99,6 +118,8 @@ def new_config(args, data_cfg: dict, vocab_size: int, length: int, tokenizer_cfg
         }
         if args.process == "absorbing" and schedule["name"] == "loglinear":
             schedule = {"name": "loglinear", "eps": 0.0}  # all masked at step T: no prior term is lost
+    elif args.objective == "bd3lm":
+        options = {"block_size": diffusion_block(args)}
     objective = OBJECTIVES[args.objective](process, None, **options)
     vocab_in, vocab_out = objective.net_vocab
     # Time conditioning: off for the absorbing process (costs nothing, makes caching exact), on otherwise.
@@ -176,6 +197,7 @@ def cmd_train(args) -> int:
                                     f"{len(train_ids)} training records are fewer than one batch of {batch} "
                                     "(see --batch-size)"
                                 )
+                            check_length(args, domain.length)
                         except BaseException:
                             if created:  # a rejected command leaves nothing behind
                                 shutil.rmtree(run_dir, ignore_errors=True)
@@ -328,6 +350,8 @@ def sample_spec(args, domain, objective) -> SampleSpec:
     if getattr(args, "semi_ar", False) or getattr(args, "length", None):
         if not (args.semi_ar and args.length):
             raise UserError("--semi-ar and --length N go together")
+        if isinstance(objective, BlockDiffusion):
+            raise UserError("--semi-ar: a bd3lm run already samples block by block; it has no semi-AR mode")
         if not domain.supports_semi_ar:
             raise UserError(f"--semi-ar: {domain.kind} records have fixed start and end markers; use a text run")
         spec.semi_ar_length = args.length
@@ -354,8 +378,8 @@ def cmd_sample(args) -> int:
 
 
 def write_animation(args, loaded, domain, device, amp, spec) -> None:
-    if isinstance(loaded.objective, AutoRegressive) or spec.semi_ar_length:
-        raise UserError("--animate shows the reverse diffusion; it needs a diffusion run without --semi-ar")
+    if isinstance(loaded.objective, AutoRegressive | BlockDiffusion) or spec.semi_ar_length:
+        raise UserError("--animate shows the reverse diffusion; it needs a non-block diffusion run without --semi-ar")
     from .animate import animate
     from .sampling import generate
 
@@ -557,7 +581,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a model on --data into the run directory --out. Under torchrun it trains "
         "data-parallel: `torchrun --nproc_per_node N -m ddlm train ...` (--batch-size is the global batch).",
     )
-    t.add_argument("--data", required=True, help="'acyp' or a FASTA file")
+    t.add_argument(
+        "--data",
+        required=True,
+        help="acyp, tinystories, tinyshakespeare, text8, sudoku[:PUZZLES.csv], or a path to a FASTA "
+        "(.fa, .fasta, .faa, .fas) or .txt file",
+    )
     t.add_argument("--out", required=True, help="run directory (config, split, checkpoints, metrics, plots)")
     t.add_argument("--preset", choices=sorted(PRESETS), default="small", help="network size (default small)")
     budget = t.add_mutually_exclusive_group()
@@ -577,6 +606,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--hybrid-lambda", type=number(float, 0, 1e6), help="d3pm: weight of the auxiliary cross-entropy (0.01)"
+    )
+    t.add_argument(
+        "--diffusion-block",
+        type=positive_int,
+        metavar="B",
+        help="bd3lm: tokens per block, must divide the training length (4)",
     )
     tc = t.add_mutually_exclusive_group()
     tc.add_argument(
@@ -638,7 +673,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--batch-size", type=positive_int, default=64)
         p.add_argument("--out", help="FASTA file to write (default: stdout)")
         p.add_argument("--json", action="store_true", help='print {"samples", "nfe", "seconds"} as one JSON object')
-        p.add_argument("--no-cache", action="store_true", help="re-run the network at every step (for comparison)")
+        p.add_argument(
+            "--no-cache",
+            action="store_true",
+            help="re-run the network at every step (for comparison: same distribution, other draws)",
+        )
         p.add_argument(
             "--order",
             choices=sorted(ORDERS),

@@ -162,8 +162,9 @@ class LocalRows:
     def __init__(self, net, rows: slice):
         self.net, self.rows = net, rows
 
-    def __call__(self, x: torch.Tensor, sbar: torch.Tensor | None = None) -> torch.Tensor:
-        out = self.net(x[self.rows], None if sbar is None else sbar[self.rows])
+    def __call__(self, x: torch.Tensor, sbar: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        # kwargs (attention mask, position ids) are the same for every row
+        out = self.net(x[self.rows], None if sbar is None else sbar[self.rows], **kwargs)
         B = x.shape[0]
         before = out.new_zeros((self.rows.start, *out.shape[1:]))
         after = out.new_zeros((B - self.rows.stop, *out.shape[1:]))

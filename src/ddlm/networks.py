@@ -77,11 +77,20 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)  # one fused matmul instead of three
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
 
-    def forward(self, x: torch.Tensor, kv_cache: dict | None = None, rotation=None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, kv_cache: dict | None = None, rotation=None, attn_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         B, L, D = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
         if rotation is not None:
             q, k = rotate(q, *rotation), rotate(k, *rotation)
+        if attn_mask is not None:  # an explicit pattern (block diffusion) replaces the causal flag
+            if kv_cache is not None or self.causal:
+                raise ValueError("attn_mask is for a non-causal network without a key/value cache")
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+            )
+            return self.proj(y.transpose(1, 2).reshape(B, L, D))
         is_causal = self.causal
         if kv_cache is not None:  # incremental AR decoding: append this step's keys and values
             if "k" in kv_cache:
@@ -108,8 +117,10 @@ class Block(nn.Module):
             nn.Dropout(cfg.dropout),
         )
 
-    def forward(self, x: torch.Tensor, kv_cache: dict | None = None, rotation=None) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), kv_cache, rotation)
+    def forward(
+        self, x: torch.Tensor, kv_cache: dict | None = None, rotation=None, attn_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), kv_cache, rotation, attn_mask)
         return x + self.mlp(self.ln2(x))
 
 
@@ -173,13 +184,21 @@ class Transformer(nn.Module):
         sbar: torch.Tensor | None = None,
         kv_caches: list[dict] | None = None,
         start: int = 0,
+        *,
+        attn_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """`attn_mask` (bool [L, L], True = may attend) replaces full (or causal) attention, and
+        `position_ids` (long [L], each < max_len) replace the positions start..start+L-1 in every
+        position table; block diffusion feeds [x_t ; x_0] with positions [0..L-1, 0..L-1]."""
         L = x.shape[1]
-        h = self.embed(x) + self.positions[start : start + L].to(self.embed.weight.dtype)
+        # a slice when no ids are given, so the default path indexes exactly as before
+        pos = slice(start, start + L) if position_ids is None else position_ids
+        h = self.embed(x) + self.positions[pos].to(self.embed.weight.dtype)
         if self.cfg.learned_positions:
-            h = h + self.position_embed.weight[start : start + L]
+            h = h + self.position_embed.weight[pos]
         if self.cfg.layout == "sudoku":
-            h = h + self.unit_embed(self.units[start : start + L]).sum(-2)
+            h = h + self.unit_embed(self.units[pos]).sum(-2)
         if self.cfg.time_conditioning:
             # log(sbar) spreads the noise levels of every schedule over a useful range of frequencies
             # (clamped: D3PM's last absorbing step sits at sbar = inf)
@@ -187,9 +206,9 @@ class Transformer(nn.Module):
             h = h + self.time_mlp(sinusoid(log_sbar * 100.0, self.cfg.d_model).to(h.dtype))[:, None, :]
         rotation = None
         if self.cfg.positions == "rotary":
-            rotation = (self.rot_cos[start : start + L], self.rot_sin[start : start + L])
+            rotation = (self.rot_cos[pos], self.rot_sin[pos])
         for i, block in enumerate(self.blocks):
-            h = block(h, None if kv_caches is None else kv_caches[i], rotation)
+            h = block(h, None if kv_caches is None else kv_caches[i], rotation, attn_mask)
         return self.head(self.ln_f(h))
 
     def num_parameters(self) -> int:

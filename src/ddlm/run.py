@@ -15,12 +15,18 @@ from pathlib import Path
 
 import torch
 
+from .block_diffusion import BlockDiffusion
 from .checkpoint import Checkpoint, CheckpointDir, require_run_dir
 from .errors import UserError
 from .networks import NetConfig, Transformer
-from .objectives import OBJECTIVES, Objective
+from .objectives import OBJECTIVES as CORE_OBJECTIVES
+from .objectives import Objective
 from .processes import PROCESSES
 from .schedules import schedule_from_config
+
+# Every objective by its --objective name. Block diffusion lives in its own module (it builds on MDLM
+# and on the sampler), so it joins the registry here rather than in objectives.py.
+OBJECTIVES: dict[str, type[Objective]] = {**CORE_OBJECTIVES, BlockDiffusion.name: BlockDiffusion}
 
 
 def build_objective(config: dict) -> Objective:

@@ -375,6 +375,24 @@ def sample_many(net, objective, n: int, length: int, spec: SampleSpec, *, seed: 
                 clamp = (spec.clamp[rows] if spec.clamp.dim() == 2 else spec.clamp.expand(b, -1)).to(device)
                 values = spec.clamp_values[rows] if spec.clamp.dim() == 2 else spec.clamp_values.expand(b, -1)
                 values = values.to(device)
+            from .block_diffusion import BlockDiffusion, generate_blocks  # lazy: that module builds on this one
+
+            if isinstance(objective, BlockDiffusion):
+                return generate_blocks(
+                    net,
+                    objective,
+                    spec.rule,
+                    b,
+                    length,
+                    spec.steps,
+                    clamp=clamp,
+                    clamp_values=values,
+                    allowed=spec.allowed,
+                    order=spec.order,
+                    generator=gen,
+                    use_cache=spec.use_cache,
+                    device=device,
+                )
             if isinstance(objective, AutoRegressive):
                 return generate_ar(
                     net,

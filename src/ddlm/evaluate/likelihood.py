@@ -14,6 +14,7 @@ the true variance).
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -27,7 +28,9 @@ def bound_objective(objective: Objective) -> Objective:
     """The objective with the schedule that makes its estimate an exact NELBO (see module docstring)."""
     continuous = isinstance(objective, DiffusionObjective) and objective.continuous_time
     if continuous and isinstance(objective.process, Absorbing):
-        return type(objective)(objective.process, LogLinear(eps=0.0))
+        bound = copy.copy(objective)  # a copy keeps the objective's own options (e.g. bd3lm's block size)
+        bound.schedule = LogLinear(eps=0.0)
+        return bound
     return objective
 
 

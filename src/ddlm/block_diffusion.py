@@ -1,0 +1,215 @@
+"""Block diffusion (BD3-LM, Arriola et al. 2025): autoregressive over blocks, masked diffusion within each.
+
+A sequence x of length L is cut into L / B blocks x^1 .. x^{L/B} of B tokens, and
+
+    log p(x) = sum_b log p(x^b | x^{<b}).
+
+Each block term is bounded by MDLM's negative ELBO of that block given the clean prefix x^{<b}: the
+block is masked by the absorbing process at its own time t_b (each token masked with probability
+1 - alpha_t = 1 - exp(-sbar(t_b))), and at a masked position i of block b
+
+    l_i = sigma(t_b) / expm1(sbar(t_b)) * ( -log p_theta(x0_i | x_t^b, x^{<b}) )
+
+(MDLM's weight, 1/t under the log-linear schedule). So
+
+    -log p(x) <= sum_b E_{t_b} E_{x_t^b} [ sum_{i in b} l_i ],
+
+estimated with one independent t_b per block, so every block contributes at every step. B = L is
+MDLM; B = 1 is an AR model (each block is one token, the bound's mask-count form always masks it with
+weight 1, and the bound is the exact NLL of the network's conditionals).
+
+Training is vectorised (the paper's trick): the network reads [x_t ; x_0] (length 2L) with positions
+[0..L-1, 0..L-1] and a block-causal mask (`training_mask`), so one pass gives every block's logits
+given its own noisy block and the clean prefix. Sampling goes block by block with MDLM's reverse
+process (`generate_blocks`); the prefix is clamped, and the network sees it through the same mask.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .objectives import MDLM
+from .ordering import OrderPolicy
+from .processes import Process
+from .sampling import SampleResult, StepRule, generate
+from .schedules import Schedule
+
+
+def block_causal_mask(length: int, block: int, device=None) -> torch.Tensor:
+    """[length, length] bool, True where query i may attend key j: block(j) <= block(i)."""
+    b = torch.arange(length, device=device) // block
+    return b[None, :] <= b[:, None]
+
+
+def training_mask(length: int, block: int, device=None) -> torch.Tensor:
+    """[2L, 2L] bool attention mask for the input [x_t ; x_0] (True = may attend).
+
+    A query in the x_t half in block b attends the x_t keys of block b and the x_0 keys of blocks < b;
+    a query in the x_0 half in block b attends the x_0 keys of blocks <= b. No query sees x_t of another
+    block, and nothing sees x_0 of its own block from the x_t half, so the x_t logits of block b are a
+    function of (x_t^b, x_0^{<b}) only.
+    """
+    b = torch.arange(length, device=device) // block
+    same, before, upto = b[:, None] == b[None, :], b[None, :] < b[:, None], b[None, :] <= b[:, None]
+    top = torch.cat([same, before], dim=1)  # x_t queries: [x_t keys | x_0 keys]
+    bottom = torch.cat([torch.zeros_like(same), upto], dim=1)  # x_0 queries
+    return torch.cat([top, bottom], dim=0)
+
+
+class BlockDiffusion(MDLM):
+    """BD3-LM: the sum over blocks of MDLM's NELBO of each block given the clean prefix (see module doc).
+
+    `loss`, `loss_at_mask_count`, `training_loss` and `log_score` have MDLM's interfaces and units (a
+    [B] estimate of the bound in nats per sequence); `log_score` is MDLM's, used block by block when
+    sampling. The network must ignore time: each block has its own noise level.
+    """
+
+    name = "bd3lm"
+
+    def __init__(self, process: Process, schedule: Schedule, block_size: int):
+        super().__init__(process, schedule)
+        if block_size < 1:
+            raise ValueError(f"block size must be at least 1, not {block_size}")
+        self.block_size = block_size
+
+    def num_blocks(self, length: int) -> int:
+        if length % self.block_size:
+            raise ValueError(f"the block size {self.block_size} does not divide the sequence length {length}")
+        return length // self.block_size
+
+    def block_logits(self, net, xt: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """[B, L, V] logits of every block given its noisy tokens and the clean prefix, in one pass."""
+        if getattr(net, "time_conditioned", False):
+            raise ValueError("bd3lm needs a network without time conditioning (each block has its own time)")
+        L = x0.shape[1]
+        self.num_blocks(L)
+        positions = torch.arange(L, device=x0.device).repeat(2)
+        mask = training_mask(L, self.block_size, x0.device)
+        return net(torch.cat([xt, x0], dim=1), None, attn_mask=mask, position_ids=positions)[:, :L].float()
+
+    def block_times(self, n: int, blocks: int, t_min: float, generator, device) -> torch.Tensor:
+        """[n, blocks] times: each block's column is stratified over the batch (as MDLM's t), in an
+        independent random order, so no two blocks of a sequence share a stratum by construction."""
+        order = torch.rand(blocks, n, generator=generator, device=device).argsort(-1)
+        u = torch.rand(blocks, n, generator=generator, device=device, dtype=torch.float64)
+        return (t_min + (1 - t_min) * (order + u) / n).float().T
+
+    def loss(self, net, x0, t=None, generator=None, t_min=1e-3):
+        """[B] one-sample NELBO in nats; t is None (drawn per block), [B] (shared by the blocks) or [B, n_blocks]."""
+        n, L = x0.shape
+        blocks = self.num_blocks(L)
+        if t is None:
+            t = self.block_times(n, blocks, t_min, generator, x0.device)
+        t = t.reshape(n, -1).expand(n, blocks)
+        per_pos = lambda v: v.repeat_interleave(self.block_size, dim=1)  # noqa: E731  [B, blocks] -> [B, L]
+        sbar, sigma = per_pos(self.schedule.total(t)), per_pos(self.schedule.rate(t))
+        xt = self.process.perturb(x0, sbar, generator)
+        out = self.block_logits(net, xt, x0)
+        return self.position_loss(out, xt, x0, sbar, sigma).sum(-1)
+
+    def loss_at_mask_count(self, net, x0, k=None, generator=None, masked=None):
+        """MDLM's mask-count form per block: for each block, k_b ~ U{1..B} positions masked at random,
+        weight B / k_b (see DiffusionObjective.loss_at_mask_count), summed over blocks.
+
+        `masked` ([B, L] bool, at least one per block) fixes the masks; otherwise `k` is [B, n_blocks]
+        counts in 1..B, or [B] counts in 1..L as the evaluator stratifies them for MDLM, mapped to
+        k_b = floor((k - 1 + u_b) B / L) + 1 with an independent u_b ~ U[0, 1) per block: uniform on
+        1..B for each block, and the evaluator's strata carry over. B = L gives k_b = k exactly.
+        """
+        n, L = x0.shape
+        blocks, size = self.num_blocks(L), self.block_size
+        if masked is None:
+            # random ranks within each block (the same draw as MDLM's when there is one block)
+            ranks = torch.rand(n, L, generator=generator, device=x0.device).view(n, blocks, size)
+            ranks = ranks.argsort(-1).argsort(-1)
+            if k.dim() == 1:
+                u = torch.rand(n, blocks, generator=generator, device=x0.device, dtype=torch.float64)
+                k = ((k[:, None] - 1 + u) * size / L).floor().long() + 1
+            masked = (ranks < k[:, :, None]).view(n, L)
+        counts = masked.view(n, blocks, size).sum(-1)
+        if (counts == 0).any():
+            raise ValueError("every block needs at least one masked position")
+        xt = torch.where(masked, self.process.mask_id, x0)
+        sbar = torch.full((n, 1), math.log(2.0), device=x0.device)  # expm1(sbar) = 1
+        sigma = (size / counts.float()).repeat_interleave(size, dim=1)
+        out = self.block_logits(net, xt, x0)
+        return self.position_loss(out, xt, x0, sbar, sigma).sum(-1)
+
+
+class BlockCausal(torch.nn.Module):
+    """`net` on [x^{<b} ; x^b] with the block-causal mask: the prefix attends block-causally among
+    itself (as the x_0 half does in training) and the last block attends the prefix and itself (as
+    the x_t half does). Its logits for the last block equal the training pass's logits of block b."""
+
+    def __init__(self, net, block: int):
+        super().__init__()
+        self.net, self.block = net, block
+
+    @property
+    def time_conditioned(self) -> bool:
+        return self.net.time_conditioned
+
+    def forward(self, x: torch.Tensor, sbar: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(x, sbar, attn_mask=block_causal_mask(x.shape[1], self.block, x.device))
+
+
+@torch.inference_mode()
+def generate_blocks(
+    net,
+    objective: BlockDiffusion,
+    rule: StepRule,
+    batch: int,
+    length: int,
+    steps: int,
+    *,
+    clamp: torch.Tensor | None = None,
+    clamp_values: torch.Tensor | None = None,
+    allowed: torch.Tensor | None = None,
+    order: OrderPolicy | None = None,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+    device: torch.device | str = "cpu",
+) -> SampleResult:
+    """Sample block by block, left to right: block b by MDLM's reverse process (`sampling.generate`)
+    on [x^{<b} ; x^b] with the sampled prefix clamped, so only block b is denoised. `steps` is the
+    total over the sequence (max(1, steps // n_blocks) per block); nfe is summed over blocks.
+
+    The prefix travels inside the sequence given to `generate` (rather than bound to the wrapper)
+    because the cache evaluates only the rows that changed. Positions clamped by the caller are held in
+    their block; like an AR model, the sampler conditions on them only from their block on.
+    """
+    size = objective.block_size
+    blocks = objective.num_blocks(length)
+    per_block = max(1, steps // blocks)
+    wrapped = BlockCausal(net, size)
+    x = torch.zeros(batch, 0, dtype=torch.long, device=device)
+    nfe = torch.zeros(batch, dtype=torch.long, device=device)
+    for b in range(blocks):
+        end = (b + 1) * size
+        hold = torch.zeros(batch, end, dtype=torch.bool, device=device)
+        hold[:, : b * size] = True  # the sampled prefix
+        values = torch.zeros(batch, end, dtype=torch.long, device=device)
+        values[:, : b * size] = x
+        if clamp is not None:
+            hold[:, b * size :] = clamp[:, b * size : end]
+            values[:, b * size :] = clamp_values[:, b * size : end]
+        result = generate(
+            wrapped,
+            objective,
+            rule,
+            batch,
+            end,
+            per_block,
+            clamp=hold,
+            clamp_values=values,
+            allowed=allowed,
+            order=order,
+            generator=generator,
+            use_cache=use_cache,
+            device=device,
+        )
+        x = result.tokens
+        nfe += result.nfe
+    return SampleResult(tokens=x, nfe=nfe)

@@ -1,0 +1,302 @@
+"""Block diffusion (BD3-LM): the bound against independent computations, the attention mask, the
+vectorised training pass against the block-by-block sampling pass, the sampler against an exact
+distribution, and the CLI."""
+
+import itertools
+import math
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import json_out
+from test_sampling import total_variation
+from toy import ToyDistribution
+
+from ddlm.block_diffusion import BlockCausal, BlockDiffusion, generate_blocks, training_mask
+from ddlm.cli import main
+from ddlm.networks import NetConfig, Transformer
+from ddlm.objectives import MDLM
+from ddlm.processes import Absorbing
+from ddlm.sampling import TauLeaping
+from ddlm.schedules import LogLinear
+
+V, L = 3, 4
+
+
+def toy() -> ToyDistribution:
+    torch.manual_seed(0)  # the toy draws its probabilities from the global generator
+    return ToyDistribution(V=V, L=L)
+
+
+class MaskReadingOracle(torch.nn.Module):
+    """The exact conditionals of the toy, given exactly what the attention mask lets a query see.
+
+    For query q, the visible keys (attn_mask[q], all keys without a mask) with their position ids
+    and unmasked tokens form the context; the output is log p(x_pos(q) = y | context). Nothing about
+    blocks is built in: a mask that leaked x_0 of a query's own block would leak the answer, and the
+    bound would fall below the NLL."""
+
+    time_conditioned = False
+
+    def __init__(self, dist: ToyDistribution, mask_id: int):
+        super().__init__()
+        self.dist, self.mask_id = dist, mask_id
+
+    def forward(self, x, sbar=None, attn_mask=None, position_ids=None):
+        B, n = x.shape
+        pos = torch.arange(n) if position_ids is None else position_ids
+        seen = torch.ones(n, n, dtype=torch.bool) if attn_mask is None else attn_mask
+        out = torch.empty(B, n, self.dist.V, dtype=torch.float64)
+        for q in range(n):
+            context = torch.full((B, self.dist.L), self.mask_id)
+            for j in seen[q].nonzero().squeeze(-1).tolist():
+                visible = x[:, j] != self.mask_id
+                assert not (visible & (context[:, pos[j]] != self.mask_id)).any(), "two keys for one position"
+                context[:, pos[j]] = torch.where(visible, x[:, j], context[:, pos[j]])
+            probs = self.dist.masked_conditionals(context, self.mask_id)[:, pos[q]]
+            out[:, q] = torch.log(probs.clamp(min=1e-300))
+        return out
+
+
+def random_net(positions: str = "rotary", learned: bool = False, length: int = 8, seed: int = 0) -> Transformer:
+    torch.manual_seed(seed)
+    cfg = NetConfig(
+        vocab_in=6,
+        vocab_out=5,
+        max_len=length,
+        d_model=32,
+        n_layers=2,
+        n_heads=2,
+        positions=positions,
+        learned_positions=learned,
+    )
+    net = Transformer(cfg)
+    for p in net.parameters():  # a random, non-trivial model (the zero head would be uniform)
+        torch.nn.init.normal_(p, std=0.3)
+    return net.eval()
+
+
+# --- the bound ------------------------------------------------------------------------------------
+
+
+def test_block_size_one_is_the_exact_ar_nll_of_the_network():
+    """B = 1: every block is one token, always masked, weight 1; the bound is sum_i -log p(x_i | x_<i),
+    computed here by running the network on each prefix followed by one mask, attention causal."""
+    net = random_net()
+    process = Absorbing(5)
+    objective = BlockDiffusion(process, LogLinear(), block_size=1)
+    x0 = torch.randint(0, 5, (6, 8), generator=torch.Generator().manual_seed(0))
+    by_hand = torch.zeros(6)
+    with torch.no_grad():
+        for i in range(8):
+            inputs = torch.cat([x0[:, :i], torch.full((6, 1), process.mask_id)], dim=1)
+            causal = torch.ones(i + 1, i + 1, dtype=torch.bool).tril()
+            logits = net(inputs, attn_mask=causal)[:, -1]
+            by_hand += F.cross_entropy(logits, x0[:, i], reduction="none")
+        for k in (torch.ones(6, dtype=torch.long), torch.tensor([1, 2, 3, 5, 7, 8])):  # any count maps to 1
+            bound = objective.loss_at_mask_count(net, x0, k, generator=torch.Generator().manual_seed(1))
+            torch.testing.assert_close(bound, by_hand, atol=1e-4, rtol=1e-5)
+
+
+def test_one_block_is_mdlm_for_the_same_draws():
+    """B = L: the same t and the same random stream give MDLM's loss, in both forms."""
+    net = random_net()
+    process = Absorbing(5)
+    bd3, mdlm = BlockDiffusion(process, LogLinear(), block_size=8), MDLM(process, LogLinear())
+    x0 = torch.randint(0, 5, (16, 8), generator=torch.Generator().manual_seed(0))
+    t = torch.linspace(0.05, 0.95, 16)
+    k = torch.arange(16) % 8 + 1
+    with torch.no_grad():
+        for form in (lambda o, g: o.loss(net, x0, t=t, generator=g), lambda o, g: o.loss_at_mask_count(net, x0, k, g)):
+            ours = form(bd3, torch.Generator().manual_seed(3))
+            theirs = form(mdlm, torch.Generator().manual_seed(3))
+            assert (theirs > 0).any()
+            torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("block", [1, 2, 4])
+def test_mask_count_form_is_exact_nll_with_exact_conditionals(block):
+    """Exact expectation by enumeration: in each block independently, every count k in 1..B and every
+    subset of k positions, each with probability 1 / (B C(B, k))."""
+    dist = toy()
+    process = Absorbing(V)
+    objective = BlockDiffusion(process, LogLinear(), block_size=block)
+    oracle = MaskReadingOracle(dist, process.mask_id)
+    per_block = [  # (positions masked, probability) for one block
+        (subset, 1 / (block * math.comb(block, len(subset))))
+        for k in range(1, block + 1)
+        for subset in itertools.combinations(range(block), k)
+    ]
+    patterns = list(itertools.product(per_block, repeat=L // block))
+    masked = torch.zeros(len(patterns), L, dtype=torch.bool)
+    weight = torch.ones(len(patterns), dtype=torch.float64)
+    for row, pattern in enumerate(patterns):
+        for b, (subset, p) in enumerate(pattern):
+            masked[row, [b * block + i for i in subset]] = True
+            weight[row] *= p
+    assert abs(weight.sum().item() - 1) < 1e-12
+    for seq in [0, 17, 40, 80]:
+        x0 = dist.seqs[seq].expand(len(patterns), -1)
+        expected = (weight * objective.loss_at_mask_count(oracle, x0, masked=masked).double()).sum().item()
+        assert abs(expected - (-math.log(dist.p[seq].item()))) < 1e-5, (seq, expected)
+
+
+def test_time_form_is_exact_nll_within_monte_carlo_error():
+    """The training form (an independent stratified t per block, eps = 0) averages to the NLL."""
+    dist = toy()
+    process = Absorbing(V)
+    objective = BlockDiffusion(process, LogLinear(eps=0.0), block_size=2)
+    oracle = MaskReadingOracle(dist, process.mask_id)
+    n = 20_000
+    for seq in [3, 50]:
+        g = torch.Generator().manual_seed(seq)
+        losses = objective.loss(oracle, dist.seqs[seq].expand(n, -1), generator=g, t_min=0.0).double()
+        mean, se = losses.mean().item(), losses.std().item() / math.sqrt(n)
+        assert abs(mean - (-math.log(dist.p[seq].item()))) < 4 * se + 1e-3, (seq, mean, se)
+
+
+def test_a_bad_block_size_is_rejected():
+    objective = BlockDiffusion(Absorbing(5), LogLinear(), block_size=3)
+    with pytest.raises(ValueError, match="does not divide"):
+        objective.loss(random_net(), torch.zeros(2, 8, dtype=torch.long))
+
+
+# --- the mask, and training against sampling --------------------------------------------------------
+
+
+def test_training_mask_by_hand():
+    """L = 4, B = 2: rows are queries [x_t positions 0..3, x_0 positions 0..3], columns keys likewise."""
+    expected = torch.tensor(
+        [
+            # x_t keys   x_0 keys
+            [1, 1, 0, 0, 0, 0, 0, 0],  # x_t 0 (block 0): its own block, no clean prefix
+            [1, 1, 0, 0, 0, 0, 0, 0],
+            [0, 0, 1, 1, 1, 1, 0, 0],  # x_t 2 (block 1): x_t of block 1, x_0 of block 0
+            [0, 0, 1, 1, 1, 1, 0, 0],
+            [0, 0, 0, 0, 1, 1, 0, 0],  # x_0 0 (block 0): x_0 of block 0
+            [0, 0, 0, 0, 1, 1, 0, 0],
+            [0, 0, 0, 0, 1, 1, 1, 1],  # x_0 2 (block 1): x_0 of blocks 0 and 1
+            [0, 0, 0, 0, 1, 1, 1, 1],
+        ],
+        dtype=torch.bool,
+    )
+    assert torch.equal(training_mask(4, 2), expected)
+    big = training_mask(12, 3)
+    assert big[7, 6] and big[7, 8] and not big[7, 9] and not big[7, 5]  # x_t 7 (block 2): x_t 6..8 only
+    assert big[7, 12 + 5] and not big[7, 12 + 6]  # x_0 of blocks 0, 1 but not its own block
+    assert big[12 + 7, 12 + 8] and not big[12 + 7, 12 + 9] and not big[12 + 7, 7]
+
+
+@pytest.mark.parametrize(
+    "positions,learned", [("rotary", False), ("sinusoidal", False), ("sinusoidal", True)], ids=["rot", "sin", "learn"]
+)
+def test_training_pass_gives_the_sampling_pass_logits(positions, learned):
+    """The vectorised pass on [x_t ; x_0] and the sampler's pass on [x^{<b} ; x_t^b] agree block by block."""
+    net = random_net(positions, learned, length=12)
+    process = Absorbing(5)
+    objective = BlockDiffusion(process, LogLinear(), block_size=3)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randint(0, 5, (4, 12), generator=g)
+    xt = process.perturb(x0, torch.full((4, 12), 0.7), g)
+    with torch.no_grad():
+        vectorised = objective.block_logits(net, xt, x0)
+        for b in range(4):
+            window = torch.cat([x0[:, : 3 * b], xt[:, 3 * b : 3 * b + 3]], dim=1)
+            alone = BlockCausal(net, 3)(window)[:, -3:]
+            torch.testing.assert_close(vectorised[:, 3 * b : 3 * b + 3], alone, atol=1e-4, rtol=1e-4)
+        # and the first block alone is the plain network on it (nothing before it)
+        torch.testing.assert_close(vectorised[:, :3], net(xt[:, :3]), atol=1e-4, rtol=1e-4)
+
+
+def test_network_default_path_is_untouched_by_the_new_arguments():
+    """Full attention and positions 0..L-1 given explicitly give the default forward's output."""
+    net = random_net(length=8)
+    x = torch.randint(0, 6, (3, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        explicit = net(x, attn_mask=torch.ones(8, 8, dtype=torch.bool), position_ids=torch.arange(8))
+        torch.testing.assert_close(explicit, net(x), atol=1e-5, rtol=1e-5)
+
+
+# --- sampling ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("block,steps", [(2, 256), (1, 4), (4, 256)])
+def test_block_sampler_matches_exact_distribution(block, steps):
+    """Expected TV of an exact sampler's histogram over 81 outcomes at n = 20k is about 0.02."""
+    dist = toy()
+    process = Absorbing(V)
+    objective = BlockDiffusion(process, LogLinear(), block_size=block)
+    oracle = MaskReadingOracle(dist, process.mask_id)
+    result = generate_blocks(
+        oracle, objective, TauLeaping(), 20_000, L, steps, generator=torch.Generator().manual_seed(0)
+    )
+    assert not (result.tokens == process.mask_id).any()
+    assert total_variation(dist, result.tokens) < 0.04
+    assert result.nfe.min() >= L // block  # at least one evaluation per block
+
+
+def test_block_sampler_holds_clamped_positions():
+    net = random_net(length=8)
+    objective = BlockDiffusion(Absorbing(5), LogLinear(), block_size=2)
+    g = torch.Generator().manual_seed(0)
+    clamp = torch.rand(8, 8, generator=g) < 0.4
+    values = torch.randint(0, 5, (8, 8), generator=g)
+    result = generate_blocks(net, objective, TauLeaping(), 8, 8, 16, clamp=clamp, clamp_values=values, generator=g)
+    assert torch.equal(result.tokens[clamp], values[clamp])
+    assert not (result.tokens == 5).any()
+
+
+# --- CLI --------------------------------------------------------------------------------------------
+
+
+def text_file(path):
+    rng = random.Random(0)
+    words = ["the", "cat", "sat", "on", "a", "mat", "Lily", "saw", "big", "dog", "!", ","]
+    docs = [" ".join(rng.choice(words) for _ in range(rng.randint(5, 30))) for _ in range(300)]
+    path.write_text("\n\n".join(docs) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def bd3_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "bd3"
+    data = text_file(tmp_path_factory.mktemp("data") / "docs.txt")
+    argv = ["train", "--data", str(data), "--out", str(run), "--preset", "tiny", "--steps", "8", "--block-size", "16"]
+    argv += ["--objective", "bd3lm", "--diffusion-block", "4", "--batch-size", "8", "--eval-every", "4"]
+    assert main([*argv, "--samples", "2", "--sample-steps", "8", "--quiet"]) == 0
+    return run
+
+
+def test_cli_train_eval_sample(bd3_run, capsys):
+    import json
+
+    config = json.loads((bd3_run / "config.json").read_text())
+    assert config["objective"] == "bd3lm" and config["objective_options"] == {"block_size": 4}
+    result = json_out(capsys, ["eval", str(bd3_run), "--json", "--quiet", "--time-samples", "2"])
+    assert result["bound"] == "nelbo" and result["objective"] == "bd3lm"
+    assert 0 < result["bits_per_token"] < 10 and result["bits_per_char"] > 0 and result["mc_standard_error"] > 0
+    result = json_out(capsys, ["sample", str(bd3_run), "--n", "3", "--steps", "8", "--json", "--quiet"])
+    assert len(result["samples"]) == 3 and 4 <= result["nfe"] <= 16 + 4  # >= 1 per block, <= B + 1 per block
+
+
+def test_cli_semi_ar_is_refused_for_bd3lm(bd3_run, capsys):
+    assert main(["sample", str(bd3_run), "--semi-ar", "--length", "40", "--quiet"]) == 2
+    assert "bd3lm" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags,needle",
+    [
+        (["--objective", "mdlm", "--diffusion-block", "4"], "--diffusion-block"),
+        (["--objective", "bd3lm", "--process", "uniform"], "--objective bd3lm"),
+        (["--objective", "bd3lm", "--time-conditioning"], "--time-conditioning"),
+        (["--objective", "bd3lm", "--diffusion-block", "5"], "--diffusion-block 5 does not divide"),
+    ],
+)
+def test_cli_bad_block_flags(tmp_path, capsys, flags, needle):
+    data = text_file(tmp_path / "docs.txt")
+    argv = ["train", "--data", str(data), "--out", str(tmp_path / "r"), "--block-size", "16", "--steps", "1"]
+    assert main([*argv, "--preset", "tiny", "--quiet", *flags]) == 2
+    assert needle in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # nothing is written for a rejected command
