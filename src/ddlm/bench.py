@@ -498,7 +498,7 @@ def int_list(text: str) -> list[int]:
 
 def add_parser(subparsers) -> None:
     """Add `bench` to the `ddlm` subcommands."""
-    from .cli import positive_float, positive_int  # imported here: cli imports this module
+    from .cli import add_runtime_arguments, positive_float, positive_int  # here: cli imports this module
 
     b = subparsers.add_parser(
         "bench",
@@ -507,13 +507,7 @@ def add_parser(subparsers) -> None:
         "against this machine's matrix-product peak.",
     )
     b.add_argument("--preset", choices=sorted(PRESETS), default="small", help="network size (default small)")
-    b.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    b.add_argument(
-        "--precision",
-        choices=["auto", "fp32", "bf16"],
-        default="auto",
-        help="auto: bf16 autocast where the hardware supports it fast, as training does",
-    )
+    add_runtime_arguments(b, quiet_help="no progress lines on stderr")
     b.add_argument("--batch-size", type=positive_int, default=32, help="training batch (default 32)")
     b.add_argument("--length", type=positive_int, default=129, help="positions per sequence (default 129)")
     b.add_argument("--sequences", type=positive_int, default=16, help="sequences sampled per run (default 16)")
@@ -539,5 +533,4 @@ def add_parser(subparsers) -> None:
     b.add_argument("--scaling-steps", type=positive_int, default=128, help="sampling steps per scaling point (128)")
     b.add_argument("--plot", metavar="PNG", help="where --scaling draws its plot (default bench_scaling.png)")
     b.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    b.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     b.set_defaults(func=cmd_bench)

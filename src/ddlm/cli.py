@@ -542,19 +542,21 @@ def cmd_eval(args) -> int:
 # --- parser ---------------------------------------------------------------------------------------
 
 
+def add_runtime_arguments(p: argparse.ArgumentParser, quiet_help: str = "no progress bar") -> None:
+    """--device, --precision and --quiet, the same for every command that runs a network."""
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="auto: bf16 autocast where the hardware supports it fast (fp32 master weights)",
+    )
+    p.add_argument("--quiet", action="store_true", help=quiet_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ddlm", description="Discrete diffusion language models on a CPU.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def common_runtime(p):
-        p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-        p.add_argument(
-            "--precision",
-            choices=["auto", "fp32", "bf16"],
-            default="auto",
-            help="auto: bf16 autocast where the hardware supports it fast (fp32 master weights)",
-        )
-        p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     def number(kind, low, high, low_open=False, high_open=False):
         """An argparse type: an int or float in [low, high] (an end left open where asked)."""
@@ -661,7 +663,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="consecutive non-finite steps (skipped) before the run checkpoints and stops with exit code 1 (20)",
     )
     t.add_argument("--keep-checkpoints", type=positive_int, help="newest checkpoints kept on disk (3)")
-    common_runtime(t)
+    add_runtime_arguments(t)
     t.set_defaults(func=cmd_train)
 
     def sampling_args(p, default_n):
@@ -691,7 +693,7 @@ def build_parser() -> argparse.ArgumentParser:
             action="store_true",
             help="RDM: committed tokens that are outranked return to the mask (implies --order top-prob)",
         )
-        common_runtime(p)
+        add_runtime_arguments(p)
 
     s = sub.add_parser("sample", help="sample sequences from a trained run")
     sampling_args(s, 16)
@@ -736,7 +738,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--puzzle-seed", type=int, default=777, help="sudoku: seed of the generated puzzles")
     e.add_argument("--steps", type=positive_int, default=81, help="sudoku / proteins: reverse-process steps")
     e.add_argument("--json", action="store_true")
-    common_runtime(e)
+    add_runtime_arguments(e)
     e.set_defaults(func=cmd_eval)
     add_bench_parser(sub)
 
