@@ -91,7 +91,7 @@ class BlockDiffusion(MDLM):
 
     def block_times(self, n: int, blocks: int, t_min: float, generator, device) -> torch.Tensor:
         """[n, blocks] times: each block's column is stratified over the batch (as MDLM's t), in an
-        independent random order, so no two blocks of a sequence share a stratum by construction."""
+        independent random order per block, so a sequence's blocks get unrelated noise levels."""
         order = torch.rand(blocks, n, generator=generator, device=device).argsort(-1)
         u = torch.rand(blocks, n, generator=generator, device=device, dtype=torch.float64)
         return (t_min + (1 - t_min) * (order + u) / n).float().T
@@ -174,7 +174,8 @@ def generate_blocks(
 ) -> SampleResult:
     """Sample block by block, left to right: block b by MDLM's reverse process (`sampling.generate`)
     on [x^{<b} ; x^b] with the sampled prefix clamped, so only block b is denoised. `steps` is the
-    total over the sequence (max(1, steps // n_blocks) per block); nfe is summed over blocks.
+    total over the sequence, divided among the blocks: max(1, steps // n_blocks) each, so fewer steps
+    than blocks still take one per block; nfe is summed over blocks.
 
     The prefix travels inside the sequence given to `generate` (rather than bound to the wrapper)
     because the cache evaluates only the rows that changed. Positions clamped by the caller are held in

@@ -3,7 +3,7 @@
 `generate` runs the reverse process from t = 1 to t_end and then denoises once more, so a finished
 absorbing sample never contains the mask. Each step asks the step rule (`TauLeaping`, `Euler`) for
 per-position transition probabilities and draws the next state with one uniform number per
-position, so every variant consumes the random stream identically.
+position. The clocked sampler below draws its coins in another order: same law, other samples.
 
 Caching (MDLM): if the network ignores time and a sequence did not change in a step, its network
 output is still exact, so it is reused. This is tracked per sequence: only the sequences that
