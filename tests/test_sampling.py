@@ -124,23 +124,6 @@ def test_clocked_sampler_batches_every_waiting_sequence_into_one_call(rule):
     assert net.calls == sorted(net.calls, reverse=True)  # finished sequences drop out, none come back
 
 
-def test_clocked_sampler_keeps_clamps_and_allowed_tokens():
-    net = tiny_net(1)
-    process = Absorbing(5)
-    objective = ScoreEntropy(process, LogLinear())
-    B, L = 16, 16
-    g = torch.Generator().manual_seed(1)
-    clamp = torch.rand(B, L, generator=g) < 0.3
-    values = torch.randint(0, 5, (B, L), generator=g)
-    allowed = torch.tensor([False, True, True, False, True])
-    for steps in (1, 7, 100):
-        result = generate(
-            net, objective, TauLeaping(), B, L, steps, clamp=clamp, clamp_values=values, allowed=allowed, generator=g
-        )
-        assert torch.equal(result.tokens[clamp], values[clamp])
-        assert allowed[result.tokens[~clamp]].all()
-
-
 def test_time_conditioned_network_is_never_cached():
     net = tiny_net(time_conditioning=True)
     objective = ScoreEntropy(Absorbing(5), LogLinear())
@@ -150,7 +133,8 @@ def test_time_conditioned_network_is_never_cached():
 
 @pytest.mark.parametrize("rule", [TauLeaping(), Euler()], ids=["tau", "euler"])
 @pytest.mark.parametrize("steps", [1, 7, 100])
-def test_no_mask_survives_and_clamped_positions_never_change(rule, steps):
+@pytest.mark.parametrize("clocked", [True, False], ids=["clocked", "stepwise-with-history"])
+def test_no_mask_survives_clamps_hold_and_only_allowed_tokens_appear(rule, steps, clocked):
     net = tiny_net(1)
     process = Absorbing(5)
     objective = ScoreEntropy(process, LogLinear())
@@ -158,11 +142,23 @@ def test_no_mask_survives_and_clamped_positions_never_change(rule, steps):
     g = torch.Generator().manual_seed(1)
     clamp = torch.rand(B, L, generator=g) < 0.3
     values = torch.randint(0, 5, (B, L), generator=g)
+    allowed = torch.tensor([False, True, True, False, True])
     result = generate(
-        net, objective, rule, B, L, steps, clamp=clamp, clamp_values=values, generator=g, keep_history=True
+        net,
+        objective,
+        rule,
+        B,
+        L,
+        steps,
+        clamp=clamp,
+        clamp_values=values,
+        allowed=allowed,
+        generator=g,
+        keep_history=not clocked,  # the history needs the step-by-step path
     )
     assert not (result.tokens == process.mask_id).any()
-    for state in result.history:
+    assert allowed[result.tokens[~clamp]].all()
+    for state in result.history or [result.tokens]:
         assert torch.equal(state[clamp], values[clamp])
 
 

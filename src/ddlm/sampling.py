@@ -377,50 +377,18 @@ def sample_many(net, objective, n: int, length: int, spec: SampleSpec, *, seed: 
                 values = values.to(device)
             from .block_diffusion import BlockDiffusion, generate_blocks  # lazy: that module builds on this one
 
-            if isinstance(objective, BlockDiffusion):
-                return generate_blocks(
-                    net,
-                    objective,
-                    spec.rule,
-                    b,
-                    length,
-                    spec.steps,
-                    clamp=clamp,
-                    clamp_values=values,
-                    allowed=spec.allowed,
-                    order=spec.order,
-                    generator=gen,
-                    use_cache=spec.use_cache,
-                    device=device,
-                )
-            if isinstance(objective, AutoRegressive):
-                return generate_ar(
-                    net,
-                    objective,
-                    b,
-                    length,
-                    clamp=clamp,
-                    clamp_values=values,
-                    allowed=spec.allowed,
-                    generator=gen,
-                    use_cache=spec.use_cache,
-                    device=device,
-                )
-            return generate(
-                net,
-                objective,
-                spec.rule,
-                b,
-                length,
-                spec.steps,
+            common = dict(
                 clamp=clamp,
                 clamp_values=values,
                 allowed=spec.allowed,
-                order=spec.order,
                 generator=gen,
                 use_cache=spec.use_cache,
                 device=device,
             )
+            if isinstance(objective, AutoRegressive):
+                return generate_ar(net, objective, b, length, **common)
+            diffusion = generate_blocks if isinstance(objective, BlockDiffusion) else generate
+            return diffusion(net, objective, spec.rule, b, length, spec.steps, order=spec.order, **common)
 
         if spec.semi_ar_length:
             result = generate_semi_ar(window, b, spec.semi_ar_length, length, length // 2, device)
