@@ -122,32 +122,29 @@ def reference(tmp_path_factory, family) -> Path:
 # --- 1. SIGKILL and exact resume -------------------------------------------------------------------
 
 
+def kill_after_checkpoint(proc: subprocess.Popen, run: Path, at_least: int, must_kill: bool = False) -> int:
+    """SIGKILL a training process once it has written a checkpoint at step >= at_least; that step."""
+    try:
+        seen = wait_for_checkpoint(proc, run, at_least)
+        assert not must_kill or proc.poll() is None, "finished before the kill"
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            assert proc.wait(60) == -signal.SIGKILL
+            TALLY["kills"] += 1
+        return seen
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_sigkill_then_resume_is_bitwise_identical(reference, family, tmp_path):
     """Two real SIGKILLs at whatever point training has reached, then resume: the step-40 checkpoint equals
     the uninterrupted run's bit for bit (model, EMA, optimiser and RNG states)."""
     run = tmp_path / "run"
     flags = ("--checkpoint-every", "5", "--eval-every", "2")
-    proc = start(*train_argv(family, run, "--steps", "40", *flags))
-    try:
-        seen = wait_for_checkpoint(proc, run, 10)
-        assert proc.poll() is None, "finished before the kill"
-        os.kill(proc.pid, signal.SIGKILL)
-        assert proc.wait(60) == -signal.SIGKILL
-        TALLY["kills"] += 1
-    finally:
-        proc.kill()
-        proc.wait()
-    # second kill, during the resumed session
-    proc = start(*train_argv(family, run, "--steps", "40", "--resume", *flags))
-    try:
-        wait_for_checkpoint(proc, run, seen + 10)
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            assert proc.wait(60) == -signal.SIGKILL
-            TALLY["kills"] += 1
-    finally:
-        proc.kill()
-        proc.wait()
+    seen = kill_after_checkpoint(start(*train_argv(family, run, "--steps", "40", *flags)), run, 10, must_kill=True)
+    # second kill, during the resumed session (it may already have finished)
+    kill_after_checkpoint(start(*train_argv(family, run, "--steps", "40", "--resume", *flags)), run, seen + 10)
     done = ddlm(*train_argv(family, run, "--steps", "40", "--resume", *flags))
     assert done.returncode == 0, done.stderr
     assert "resuming" in done.stderr and "Traceback" not in done.stderr
