@@ -5,7 +5,7 @@ Reads a FASTA file (one sequence line per record), splits it at random (seeded) 
 stand-in samples are real held-out proteins, the "samples" row should match the "natural" row up to
 sampling noise, and both should be far from the "shuffled" floor.
 
-    python scripts/bench_protein_metrics.py [--fasta /work/shared/data/acyp/hypf.fa] [--max-train 5000]
+    python scripts/bench_protein_metrics.py [--fasta acyp | FILE.fa] [--max-train 5000]
 """
 
 from __future__ import annotations
@@ -17,30 +17,15 @@ import time
 
 import numpy as np
 
+from ddlm.data.fasta import read_records
+from ddlm.data.proteins import ACYP
+from ddlm.data.sources import resolve
 from ddlm.evaluate.protein import protein_report
-
-
-def read_fasta(path: str) -> list[str]:
-    """Sequences of a FASTA file; lines of one record are joined, case is upper-cased."""
-    seqs: list[str] = []
-    current: list[str] = []
-    with open(path) as fh:
-        for line in fh:
-            line = line.strip()
-            if line.startswith(">"):
-                if current:
-                    seqs.append("".join(current).upper())
-                current = []
-            elif line:
-                current.append(line)
-    if current:
-        seqs.append("".join(current).upper())
-    return seqs
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--fasta", default="/work/shared/data/acyp/hypf.fa")
+    ap.add_argument("--fasta", default="acyp", help="a FASTA file, or acyp (found as `ddlm train --data acyp` does)")
     ap.add_argument("--n-samples", type=int, default=300)
     ap.add_argument("--n-heldout", type=int, default=600)
     ap.add_argument("--max-train", type=int, default=5000)
@@ -49,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
-    seqs = read_fasta(args.fasta)
+    seqs = read_records(resolve(ACYP) if args.fasta == "acyp" else args.fasta)
     rng = np.random.default_rng(args.seed)
     order = rng.permutation(len(seqs))
     n_s, n_h = args.n_samples, args.n_heldout
@@ -63,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     t_report = time.perf_counter() - t1
 
     report["bench"] = {
-        "fasta": args.fasta,
+        "fasta": str(args.fasta),
         "n_records": len(seqs),
         "n_samples": len(samples),
         "n_heldout": len(heldout),

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-from ddlm.block_diffusion import BlockDiffusion
 from ddlm.evaluate.text_quality import generative_perplexity
 from ddlm.run import load_run
 from ddlm.sampling import SampleSpec, sample_many
@@ -35,13 +34,6 @@ def unigram_entropy(ids: torch.Tensor) -> float:
     return total / len(ids)
 
 
-def effective_steps(objective, steps: int, length: int) -> int:
-    if isinstance(objective, BlockDiffusion):
-        blocks = objective.num_blocks(length)
-        return max(1, steps // blocks) * blocks
-    return steps
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="diffusion runs to sample")
@@ -53,7 +45,7 @@ def main() -> None:
     judge = load_run(args.judge)
 
     def row(run, steps) -> dict:
-        length = run.config["net"]["max_len"]
+        length = run.config.net.max_len
         ids, nfe, seconds = sample_many(
             run.net, run.objective, args.n, length, SampleSpec(steps=steps), seed=0, device="cpu"
         )
@@ -68,9 +60,9 @@ def main() -> None:
     results = {}
     for path in args.runs:
         run = load_run(path)
-        length = run.config["net"]["max_len"]
-        wanted = sorted({effective_steps(run.objective, int(s), length) for s in args.steps.split(",")})
-        name = f"{run.config['objective']} ({Path(path).name})"
+        length = run.config.net.max_len
+        wanted = sorted({run.objective.steps_taken(int(s), length) for s in args.steps.split(",")})
+        name = f"{run.config.objective} ({Path(path).name})"
         results[name] = []
         for steps in wanted:
             results[name].append(row(run, steps))

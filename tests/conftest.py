@@ -28,38 +28,43 @@ def family(tmp_path_factory) -> Path:
     return family_fasta(tmp_path_factory.mktemp("data") / "family.fa")
 
 
+# Tiny, quiet defaults for every training run of the tests; a keyword given to `train_argv` replaces one.
+TINY = {"preset": "tiny", "quiet": True}
+# A protein run on the synthetic family: the defaults most CLI tests share.
+FAMILY_RUN = {"max_len": 48, "batch_size": 16}
+
+
+def train_argv(data, out, **flags) -> list[str]:
+    """argv of `ddlm train --data DATA --out OUT`, then the TINY defaults and each keyword as a flag:
+    underscores become dashes, True is a bare flag, None and False leave the flag out."""
+    argv = ["train", "--data", str(data), "--out", str(out)]
+    for name, value in {**TINY, **flags}.items():
+        if value is None or value is False:
+            continue
+        argv.append("--" + name.replace("_", "-"))
+        if value is not True:
+            argv.append(str(value))
+    return argv
+
+
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory, family) -> Path:
-    """A tiny model trained for a few steps on the synthetic family (shared by the CLI tests)."""
+def make_run(tmp_path_factory, family):
+    """make_run(data=None, **flags) -> the directory of a run trained in-process by `ddlm train` with
+    train_argv's defaults (data: the synthetic family)."""
     from ddlm.cli import main
 
-    run = tmp_path_factory.mktemp("runs") / "tiny"
-    code = main(
-        [
-            "train",
-            "--data",
-            str(family),
-            "--out",
-            str(run),
-            "--preset",
-            "tiny",
-            "--steps",
-            "40",
-            "--max-len",
-            "48",
-            "--eval-every",
-            "20",
-            "--checkpoint-every",
-            "20",
-            "--samples",
-            "2",
-            "--quiet",
-            "--batch-size",
-            "16",
-        ]
-    )
-    assert code == 0
-    return run
+    def make(data=None, **flags) -> Path:
+        out = tmp_path_factory.mktemp("runs") / "run"
+        assert main(train_argv(family if data is None else data, out, **flags)) == 0
+        return out
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_run(make_run) -> Path:
+    """A tiny model trained for a few steps on the synthetic family (shared by the CLI tests)."""
+    return make_run(steps=40, eval_every=20, checkpoint_every=20, samples=2, **FAMILY_RUN)
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

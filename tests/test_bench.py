@@ -11,7 +11,8 @@ import math
 
 import pytest
 
-from ddlm.bench import add_parser, cmd_bench, format_table
+from ddlm.bench import format_table
+from ddlm.cli.bench import add_parser, cmd_bench
 from ddlm.errors import UserError
 
 LENGTH = 24

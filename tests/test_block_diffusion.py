@@ -9,16 +9,16 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import json_out
+from conftest import json_out, train_argv
 from test_sampling import total_variation
 from toy import ToyDistribution
 
-from ddlm.block_diffusion import BlockCausal, BlockDiffusion, generate_blocks, training_mask
 from ddlm.cli import main
 from ddlm.networks import NetConfig, Transformer
 from ddlm.objectives import MDLM
+from ddlm.objectives.bd3lm import BlockCausal, BlockDiffusion, generate_blocks, training_mask
 from ddlm.processes import Absorbing
-from ddlm.sampling import TauLeaping
+from ddlm.sampling import SampleSpec, TauLeaping
 from ddlm.schedules import LogLinear
 
 V, L = 3, 4
@@ -243,7 +243,12 @@ def test_block_sampler_matches_exact_distribution(block, steps):
     objective = BlockDiffusion(process, LogLinear(), block_size=block)
     oracle = MaskReadingOracle(dist, process.mask_id)
     result = generate_blocks(
-        oracle, objective, TauLeaping(), 20_000, L, steps, generator=torch.Generator().manual_seed(0)
+        oracle,
+        objective,
+        20_000,
+        L,
+        SampleSpec(steps=steps, rule=TauLeaping()),
+        generator=torch.Generator().manual_seed(0),
     )
     assert not (result.tokens == process.mask_id).any()
     assert total_variation(dist, result.tokens) < 0.04
@@ -256,7 +261,9 @@ def test_block_sampler_holds_clamped_positions():
     g = torch.Generator().manual_seed(0)
     clamp = torch.rand(8, 8, generator=g) < 0.4
     values = torch.randint(0, 5, (8, 8), generator=g)
-    result = generate_blocks(net, objective, TauLeaping(), 8, 8, 16, clamp=clamp, clamp_values=values, generator=g)
+    result = generate_blocks(
+        net, objective, 8, 8, SampleSpec(steps=16, rule=TauLeaping()), clamp=clamp, clamp_values=values, generator=g
+    )
     assert torch.equal(result.tokens[clamp], values[clamp])
     assert not (result.tokens == 5).any()
 
@@ -273,13 +280,10 @@ def text_file(path):
 
 
 @pytest.fixture(scope="module")
-def bd3_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("runs") / "bd3"
+def bd3_run(tmp_path_factory, make_run):
     data = text_file(tmp_path_factory.mktemp("data") / "docs.txt")
-    argv = ["train", "--data", str(data), "--out", str(run), "--preset", "tiny", "--steps", "8", "--block-size", "16"]
-    argv += ["--objective", "bd3lm", "--diffusion-block", "4", "--batch-size", "8", "--eval-every", "4"]
-    assert main([*argv, "--samples", "2", "--sample-steps", "8", "--quiet"]) == 0
-    return run
+    flags = dict(steps=8, seq_len=16, batch_size=8, eval_every=4, samples=2, sample_steps=8)
+    return make_run(data, objective="bd3lm", diffusion_block=4, **flags)
 
 
 def test_cli_train_eval_sample(bd3_run, capsys):
@@ -310,7 +314,6 @@ def test_cli_semi_ar_is_refused_for_bd3lm(bd3_run, capsys):
 )
 def test_cli_bad_block_flags(tmp_path, capsys, flags, needle):
     data = text_file(tmp_path / "docs.txt")
-    argv = ["train", "--data", str(data), "--out", str(tmp_path / "r"), "--block-size", "16", "--steps", "1"]
-    assert main([*argv, "--preset", "tiny", "--quiet", *flags]) == 2
+    assert main([*train_argv(data, tmp_path / "r", seq_len=16, steps=1), *flags]) == 2
     assert needle in capsys.readouterr().err
     assert not (tmp_path / "r").exists()  # nothing is written for a rejected command

@@ -3,10 +3,10 @@
 import math
 
 import pytest
-from conftest import json_out, run_cli
+from conftest import FAMILY_RUN, json_out, run_cli, train_argv
 
 from ddlm.cli import main
-from ddlm.data.proteins import AMINO_ACIDS
+from ddlm.data.proteins import RESIDUES
 
 
 def test_train_writes_run_directory(tiny_run):
@@ -22,7 +22,7 @@ def test_sample_json_no_mask_and_nfe_bound(tiny_run, capsys):
     length = 48 + 2
     assert result["nfe"] <= length + 1
     for s in result["samples"]:
-        assert set(s) <= set(AMINO_ACIDS)  # decoded residues only: no mask, no marker
+        assert set(s) <= set(RESIDUES)  # decoded residues only: no mask, no marker
 
 
 def test_no_cache_reruns_the_network_at_every_step(tiny_run, capsys):
@@ -69,26 +69,10 @@ def test_resume_is_bitwise_identical(family, tmp_path):
     """10 + 10 steps with a resume in between equal 20 uninterrupted steps, bit for bit."""
     from safetensors.torch import load_file
 
-    common = [
-        "--data",
-        str(family),
-        "--preset",
-        "tiny",
-        "--max-len",
-        "48",
-        "--samples",
-        "0",
-        "--quiet",
-        "--batch-size",
-        "16",
-        "--eval-every",
-        "5",
-        "--checkpoint-every",
-        "100",
-    ]
-    assert main(["train", "--out", str(tmp_path / "a"), "--steps", "20", *common]) == 0
-    assert main(["train", "--out", str(tmp_path / "b"), "--steps", "10", *common]) == 0
-    assert main(["train", "--out", str(tmp_path / "b"), "--steps", "20", "--resume", *common]) == 0
+    common = dict(samples=0, eval_every=5, checkpoint_every=100, **FAMILY_RUN)
+    assert main(train_argv(family, tmp_path / "a", steps=20, **common)) == 0
+    assert main(train_argv(family, tmp_path / "b", steps=10, **common)) == 0
+    assert main(train_argv(family, tmp_path / "b", steps=20, resume=True, **common)) == 0
     a = load_file(tmp_path / "a/checkpoints/step-00000020.safetensors")
     b = load_file(tmp_path / "b/checkpoints/step-00000020.safetensors")
     assert a.keys() == b.keys()
@@ -96,6 +80,7 @@ def test_resume_is_bitwise_identical(family, tmp_path):
         assert a[k].equal(b[k]), k
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args,needle",
     [
@@ -144,8 +129,9 @@ def test_pickle_checkpoints_are_refused(tmp_path, capsys):
     assert "pickle" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_help_for_every_command():
-    for command in ("train", "sample", "infill", "eval"):
+    for command in ("train", "sample", "infill", "eval", "bench", "report", "export"):
         result = run_cli(command, "--help")
         assert result.returncode == 0 and "usage: ddlm " + command in result.stdout
 
@@ -163,27 +149,7 @@ def test_help_for_every_command():
 )
 def test_every_objective_trains_evaluates_and_samples(family, tmp_path, capsys, flags, bound):
     run = tmp_path / "run"
-    argv = [
-        "train",
-        "--data",
-        str(family),
-        "--out",
-        str(run),
-        "--preset",
-        "tiny",
-        "--steps",
-        "6",
-        "--max-len",
-        "48",
-        "--samples",
-        "2",
-        "--quiet",
-        "--batch-size",
-        "16",
-        "--eval-every",
-        "3",
-        *flags,
-    ]
+    argv = [*train_argv(family, run, steps=6, samples=2, eval_every=3, **FAMILY_RUN), *flags]
     assert main(argv) == 0
     capsys.readouterr()
     result = json_out(capsys, ["eval", str(run), "--json", "--quiet", "--time-samples", "2", "--max-sequences", "8"])

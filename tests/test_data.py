@@ -109,14 +109,14 @@ def test_bad_fasta_names_file_record_and_position(tmp_path, content, needle):
     path = tmp_path / "x.fa"
     path.write_text(content)
     with pytest.raises(UserError) as e:
-        read_fasta(path, proteins.AMINO_ACIDS, max_len=10)
+        read_fasta(path, proteins.RESIDUES, max_len=10)
     assert needle in str(e.value) and "x.fa" in str(e.value)
 
 
 def test_skip_invalid_counts_and_never_alters(tmp_path):
     path = tmp_path / "x.fa"
     path.write_text(">a\nMKV\n>b\nMK*V\n>c\nmkv\n>d\nMKVW\n")
-    records = read_fasta(path, proteins.AMINO_ACIDS, max_len=10, skip_invalid=True)
+    records = read_fasta(path, proteins.RESIDUES, max_len=10, skip_invalid=True)
     assert records.seqs == ["MKV", "MKVW"] and len(records.skipped) == 2
 
 
@@ -124,18 +124,18 @@ def test_binary_file_is_a_clear_error(tmp_path):
     path = tmp_path / "x.fa"
     path.write_bytes(b"\xff\xfe\x00>x")
     with pytest.raises(UserError, match="not UTF-8 text"):
-        read_fasta(path, proteins.AMINO_ACIDS, max_len=10)
+        read_fasta(path, proteins.RESIDUES, max_len=10)
 
 
 def test_multiline_records_are_joined(tmp_path):
     path = tmp_path / "x.fa"
     path.write_text(">a desc\nMKV\nLLA\n\n>b\nW\n")
-    records = read_fasta(path, proteins.AMINO_ACIDS, max_len=10)
+    records = read_fasta(path, proteins.RESIDUES, max_len=10)
     assert records.ids == ["a", "b"] and records.seqs == ["MKVLLA", "W"]
 
 
 def test_tokenizer_round_trip_and_real_token_count():
-    tok = CharTokenizer(proteins.AMINO_ACIDS)
+    tok = CharTokenizer(proteins.RESIDUES)
     ids = tok.encode_padded(["MKV", "A"], 8)
     assert ids[0].tolist() == [tok.bos_id, *tok.encode("MKV"), tok.eos_id, tok.pad_id, tok.pad_id, tok.pad_id]
     assert tok.real_tokens(ids).tolist() == [4, 2]  # residues + end marker
@@ -149,7 +149,7 @@ def test_tokenizer_round_trip_and_real_token_count():
 def test_data_readme_counts_hold_for_the_file():
     if not ACYP_FILE.is_file():
         pytest.skip("shared data not present")
-    records = read_fasta(ACYP_FILE, proteins.AMINO_ACIDS, max_len=127)
+    records = read_fasta(ACYP_FILE, proteins.RESIDUES, max_len=127)
     assert len(records.seqs) == 26_856 and max(map(len, records.seqs)) == 127
     assert Path(ACYP_FILE).stat().st_size == 2_865_850
 
@@ -157,4 +157,4 @@ def test_data_readme_counts_hold_for_the_file():
 def test_utf8_byte_order_mark_is_not_content(tmp_path):
     path = tmp_path / "bom.fa"
     path.write_bytes(b"\xef\xbb\xbf>a\nMKV\n")
-    assert read_fasta(path, proteins.AMINO_ACIDS, max_len=10).seqs == ["MKV"]
+    assert read_fasta(path, proteins.RESIDUES, max_len=10).seqs == ["MKV"]

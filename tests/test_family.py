@@ -8,9 +8,10 @@ from toy import ExactAbsorbingNet, ExactARNet, ToyDistribution
 
 from ddlm.networks import NetConfig, Transformer
 from ddlm.objectives import D3PM, MDLM, AutoRegressive
+from ddlm.objectives.ar import generate_ar
 from ddlm.ordering import ORDERS, commit_top
 from ddlm.processes import Absorbing, Uniform
-from ddlm.sampling import SampleResult, TauLeaping, generate, generate_ar, generate_semi_ar, masked_fraction
+from ddlm.sampling import SampleResult, SampleSpec, TauLeaping, generate, generate_semi_ar, masked_fraction
 from ddlm.schedules import Geometric, LogLinear
 
 
@@ -26,7 +27,7 @@ def test_ar_sampler_matches_exact_distribution():
     objective = AutoRegressive(Absorbing(toy.V), None)
     n = 20_000
     result = generate_ar(
-        ExactARNet(toy), objective, n, toy.L, generator=torch.Generator().manual_seed(0), use_cache=False
+        ExactARNet(toy), objective, n, toy.L, SampleSpec(use_cache=False), generator=torch.Generator().manual_seed(0)
     )
     counts = torch.bincount(toy.index(result.tokens), minlength=len(toy.p)).double()
     assert 0.5 * (counts / n - toy.p).abs().sum() < 0.03  # exact sampler: expected TV about 0.015 at n = 20k
@@ -45,7 +46,7 @@ def test_ar_kv_cache_gives_the_same_samples(positions):
     net.eval()
     objective = AutoRegressive(Absorbing(5), None)
     runs = [
-        generate_ar(net, objective, 8, 12, generator=torch.Generator().manual_seed(1), use_cache=c).tokens
+        generate_ar(net, objective, 8, 12, SampleSpec(use_cache=c), generator=torch.Generator().manual_seed(1)).tokens
         for c in (True, False)
     ]
     assert torch.equal(runs[0], runs[1])
@@ -141,13 +142,11 @@ def test_orders_commit_the_scheduled_count_and_keep_conditioning(order, remask):
     result = generate(
         tiny_net(),
         objective,
-        TauLeaping(),
         B,
         L,
-        steps,
+        SampleSpec(steps=steps, rule=TauLeaping(), order=policy),
         clamp=clamp,
         clamp_values=values,
-        order=policy,
         generator=g,
         keep_history=True,
     )
@@ -199,10 +198,9 @@ def test_d3pm_absorbing_samples_match_exact_distribution():
     result = generate(
         ExactAbsorbingNet(toy, process.mask_id, 1.0),
         d3pm,
-        TauLeaping(),
         20_000,
         toy.L,
-        256,
+        SampleSpec(steps=256, rule=TauLeaping()),
         generator=torch.Generator().manual_seed(0),
     )
     counts = torch.bincount(toy.index(result.tokens), minlength=len(toy.p)).double()

@@ -9,7 +9,7 @@ from toy import ExactAbsorbingNet, ExactUniformNet, ToyDistribution
 from ddlm.networks import NetConfig, Transformer
 from ddlm.objectives import MDLM, ScoreEntropy
 from ddlm.processes import Absorbing, Uniform
-from ddlm.sampling import Euler, TauLeaping, final_probs, generate
+from ddlm.sampling import Euler, SampleSpec, TauLeaping, final_probs, generate
 from ddlm.schedules import Geometric, LogLinear
 
 N = 20_000
@@ -39,14 +39,21 @@ def test_absorbing_samples_match_exact_distribution(objective_cls, scale, rule, 
     objective = objective_cls(process, LogLinear())
     net = ExactAbsorbingNet(toy, process.mask_id, scale)
     result = generate(
-        net, objective, rule, N, toy.L, steps, generator=torch.Generator().manual_seed(0), use_cache=use_cache
+        net,
+        objective,
+        N,
+        toy.L,
+        SampleSpec(steps=steps, rule=rule, use_cache=use_cache),
+        generator=torch.Generator().manual_seed(0),
     )
     assert not (result.tokens == process.mask_id).any()
     assert total_variation(toy, result.tokens) < bound
 
 
-def test_four_step_sampler_is_detectably_wrong_with_a_biased_model():
-    """The TV statistic has power: a model whose conditionals ignore the context is far off."""
+@pytest.mark.parametrize("steps,bound", [(256, 0.03), (4, 0.10)], ids=["256-steps", "4-steps"])
+def test_tv_bounds_have_power_against_a_context_blind_model(steps, bound):
+    """Each TV bound above fails for a model whose conditionals ignore the context (each position's
+    marginal), sampled with the same number of steps: the statistic can tell a wrong sampler apart."""
     toy = ToyDistribution()
     process = Absorbing(toy.V)
     objective = MDLM(process, LogLinear())
@@ -56,15 +63,18 @@ def test_four_step_sampler_is_detectably_wrong_with_a_biased_model():
         return marg.log()
 
     marginal_net.time_conditioned = False
-    result = generate(marginal_net, objective, TauLeaping(), N, toy.L, 64, generator=torch.Generator().manual_seed(0))
-    assert total_variation(toy, result.tokens) > 0.06
+    spec = SampleSpec(steps=steps, rule=TauLeaping())
+    result = generate(marginal_net, objective, N, toy.L, spec, generator=torch.Generator().manual_seed(0))
+    assert total_variation(toy, result.tokens) > bound
 
 
 def test_uniform_samples_match_exact_distribution():
     toy = ToyDistribution()
     objective = ScoreEntropy(Uniform(toy.V), Geometric())
     net = ExactUniformNet(toy)
-    result = generate(net, objective, TauLeaping(), N, toy.L, 128, generator=torch.Generator().manual_seed(0))
+    result = generate(
+        net, objective, N, toy.L, SampleSpec(steps=128, rule=TauLeaping()), generator=torch.Generator().manual_seed(0)
+    )
     assert total_variation(toy, result.tokens) < 0.035
 
 
@@ -89,7 +99,15 @@ def test_stepwise_cache_reuses_exact_outputs_and_bounds_nfe():
 
     def run(cache):
         g = torch.Generator().manual_seed(3)
-        return generate(net, objective, TauLeaping(), 8, L, steps, generator=g, use_cache=cache, keep_history=True)
+        return generate(
+            net,
+            objective,
+            8,
+            L,
+            SampleSpec(steps=steps, rule=TauLeaping(), use_cache=cache),
+            generator=g,
+            keep_history=True,
+        )
 
     cached, uncached = run(True), run(False)
     assert torch.equal(cached.tokens, uncached.tokens)
@@ -118,7 +136,9 @@ def test_clocked_sampler_batches_every_waiting_sequence_into_one_call(rule):
     net = CountingNet(tiny_net())
     objective = MDLM(Absorbing(5), LogLinear())
     B, L = 8, 16
-    result = generate(net, objective, rule, B, L, 1024, generator=torch.Generator().manual_seed(4))
+    result = generate(
+        net, objective, B, L, SampleSpec(steps=1024, rule=rule), generator=torch.Generator().manual_seed(4)
+    )
     assert len(net.calls) == int(result.nfe.max()) <= L + 1
     assert net.calls[0] == B and sum(net.calls) == int(result.nfe.sum())
     assert net.calls == sorted(net.calls, reverse=True)  # finished sequences drop out, none come back
@@ -127,7 +147,9 @@ def test_clocked_sampler_batches_every_waiting_sequence_into_one_call(rule):
 def test_time_conditioned_network_is_never_cached():
     net = tiny_net(time_conditioning=True)
     objective = ScoreEntropy(Absorbing(5), LogLinear())
-    result = generate(net, objective, TauLeaping(), 4, 16, 64, generator=torch.Generator().manual_seed(0))
+    result = generate(
+        net, objective, 4, 16, SampleSpec(steps=64, rule=TauLeaping()), generator=torch.Generator().manual_seed(0)
+    )
     assert result.nfe.max() > 17
 
 
@@ -146,16 +168,14 @@ def test_no_mask_survives_clamps_hold_and_only_allowed_tokens_appear(rule, steps
     result = generate(
         net,
         objective,
-        rule,
         B,
         L,
-        steps,
+        SampleSpec(steps=steps, rule=rule, allowed=allowed),
         clamp=clamp,
         clamp_values=values,
-        allowed=allowed,
         generator=g,
-        keep_history=not clocked,  # the history needs the step-by-step path
-    )
+        keep_history=not clocked,
+    )  # the history needs the step-by-step path
     assert not (result.tokens == process.mask_id).any()
     assert allowed[result.tokens[~clamp]].all()
     for state in result.history or [result.tokens]:
@@ -167,7 +187,14 @@ def test_same_seed_same_samples_different_seed_different_samples():
     objective = MDLM(Absorbing(5), LogLinear())
 
     def run(seed):
-        return generate(net, objective, TauLeaping(), 8, 16, 32, generator=torch.Generator().manual_seed(seed)).tokens
+        return generate(
+            net,
+            objective,
+            8,
+            16,
+            SampleSpec(steps=32, rule=TauLeaping()),
+            generator=torch.Generator().manual_seed(seed),
+        ).tokens
 
     assert torch.equal(run(0), run(0))
     assert not torch.equal(run(0), run(1))
@@ -229,7 +256,13 @@ def test_clocked_sampler_follows_the_stepwise_law_exactly(objective_cls, scale, 
     n = 50_000
     kwargs = {} if clamp is None else dict(clamp=clamp.expand(n, -1), clamp_values=values.expand(n, -1))
     result = generate(
-        net, objective, rule, n, toy.L, steps, allowed=allowed, generator=torch.Generator().manual_seed(7), **kwargs
+        net,
+        objective,
+        n,
+        toy.L,
+        SampleSpec(steps=steps, rule=rule, allowed=allowed),
+        generator=torch.Generator().manual_seed(7),
+        **kwargs,
     )
     base = (toy.V + 1) ** torch.arange(toy.L - 1, -1, -1)
     counts = torch.bincount((result.tokens * base).sum(-1), minlength=len(states)).double()

@@ -8,32 +8,8 @@ from ddlm.cli import main
 
 
 @pytest.fixture(scope="module")
-def sudoku_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("sudoku") / "run"
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                "sudoku",
-                "--out",
-                str(run),
-                "--preset",
-                "tiny",
-                "--steps",
-                "6",
-                "--quiet",
-                "--batch-size",
-                "8",
-                "--eval-every",
-                "3",
-                "--samples",
-                "1",
-            ]
-        )
-        == 0
-    )
-    return run
+def sudoku_run(make_run):
+    return make_run("sudoku", steps=6, batch_size=8, eval_every=3, samples=1)
 
 
 @pytest.mark.parametrize("order", ["random", "top-prob", "top-margin"])
@@ -92,33 +68,8 @@ def text_file(tmp_path_factory):
 
 
 @pytest.mark.parametrize("objective", ["mdlm", "ar"])
-def test_text_run_reports_bits_per_char_and_grows_past_the_window(text_file, tmp_path, capsys, objective):
-    run = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                str(text_file),
-                "--out",
-                str(run),
-                "--preset",
-                "tiny",
-                "--steps",
-                "4",
-                "--block-size",
-                "32",
-                "--batch-size",
-                "8",
-                "--quiet",
-                "--samples",
-                "1",
-                "--objective",
-                objective,
-            ]
-        )
-        == 0
-    )
+def test_text_run_reports_bits_per_char_and_grows_past_the_window(text_file, make_run, capsys, objective):
+    run = make_run(text_file, steps=4, seq_len=32, batch_size=8, samples=1, objective=objective)
     capsys.readouterr()
     result = json_out(capsys, ["eval", str(run), "--json", "--quiet", "--time-samples", "2"])
     assert result["bits_per_char"] == pytest.approx(result["bits_per_token"] / result["chars_per_token"])
@@ -128,33 +79,8 @@ def test_text_run_reports_bits_per_char_and_grows_past_the_window(text_file, tmp
     assert len(sample["samples"]) == 2 and all(len(s) > 40 for s in sample["samples"])
 
 
-def test_bpe_text_run(text_file, tmp_path, capsys):
-    run = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                str(text_file),
-                "--out",
-                str(run),
-                "--preset",
-                "tiny",
-                "--steps",
-                "3",
-                "--block-size",
-                "16",
-                "--batch-size",
-                "4",
-                "--quiet",
-                "--samples",
-                "1",
-                "--tokenizer",
-                "bpe:300",
-            ]
-        )
-        == 0
-    )
+def test_bpe_text_run(text_file, make_run, capsys):
+    run = make_run(text_file, steps=3, seq_len=16, batch_size=4, samples=1, tokenizer="bpe:300")
     assert (run / "tokenizer.json").is_file()
     capsys.readouterr()
     result = json_out(capsys, ["eval", str(run), "--json", "--quiet", "--time-samples", "1"])
@@ -205,4 +131,4 @@ def test_report_animation_and_export(tiny_run, tmp_path, capsys):
     net, config = from_pretrained(tmp_path / "hf")
     original = load_run(tiny_run).net
     x = torch.randint(0, 25, (2, 50))
-    assert torch.equal(net(x), original(x)) and config["objective"] == "sedd"
+    assert torch.equal(net(x), original(x)) and config.objective == "sedd"

@@ -116,7 +116,7 @@ def test_unknown_held_out_characters_reported(tmp_path):
     held = text[-21:]
     expected = sum(c not in set(text[:-21]) for c in held)
     assert expected == 4
-    data = T.load_text(str(path), "char", block_size=4)
+    data = T.load_text(str(path), "char", seq_len=4)
     assert data.info["heldout_unk_chars"] == expected
     assert data.info["heldout_unknown_characters"] == "".join(sorted(set(held) - set(text[:-21])))
     assert data.info["heldout_tokens"] == len(held)  # one token per character: none dropped
@@ -189,7 +189,7 @@ def test_bad_tokenizer_specs():
 def test_packing_char_equals_stream_prefix(tmp_path):
     docs = many_docs(200)
     path = write(tmp_path / "docs.txt", "\n\n".join(docs) + "\n")
-    data = T.load_text(str(path), "char", block_size=16)
+    data = T.load_text(str(path), "char", seq_len=16)
     train_docs = [d for d in docs if not sha_heldout(d)]
     held_docs = [d for d in docs if sha_heldout(d)]
     alphabet = sorted(set("".join(train_docs)))
@@ -215,7 +215,7 @@ def test_packing_char_equals_stream_prefix(tmp_path):
 
 def test_chars_per_token_char_hand_made(tmp_path):
     path = write(tmp_path / "one.txt", "abcd" * 100)  # one document of 400 characters: 20 held out
-    data = T.load_text(str(path), "char", block_size=8)
+    data = T.load_text(str(path), "char", seq_len=8)
     assert data.heldout.shape == (2, 8)
     assert data.info["heldout_chars"] == 20
     assert data.info["heldout_tokens_dropped"] == 4
@@ -228,7 +228,7 @@ def test_chars_per_token_char_hand_made(tmp_path):
 def test_packing_bpe_and_chars_per_token(tmp_path):
     docs = tinystories_paragraphs()
     path = write(tmp_path / "ts.txt", "\n\n".join(docs) + "\n")
-    data = T.load_text(str(path), "bpe:300", block_size=32)
+    data = T.load_text(str(path), "bpe:300", seq_len=32)
     tok = data.tokenizer
     train_docs = [d for d in docs if not sha_heldout(d)]
     held_docs = [d for d in docs if sha_heldout(d)]
@@ -255,12 +255,12 @@ def test_bpe_run_dir_saved_reused_and_checked(tmp_path):
     docs = tinystories_paragraphs(60_000)
     path = write(tmp_path / "ts.txt", "\n\n".join(docs))
     run = tmp_path / "run"
-    a = T.load_text(str(path), "bpe:280", block_size=16, run_dir=run)
+    a = T.load_text(str(path), "bpe:280", seq_len=16, run_dir=run)
     assert (run / "tokenizer.json").read_text(encoding="utf-8") == a.tokenizer.to_str()
-    b = T.load_text(str(path), "bpe:280", block_size=16, run_dir=run)
+    b = T.load_text(str(path), "bpe:280", seq_len=16, run_dir=run)
     assert torch.equal(a.train, b.train) and torch.equal(a.heldout, b.heldout)
     with pytest.raises(UserError, match="tokenizer.json"):
-        T.load_text(str(path), "bpe:290", block_size=16, run_dir=run)
+        T.load_text(str(path), "bpe:290", seq_len=16, run_dir=run)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -311,7 +311,7 @@ def test_tinystories_local(shared_env):
     assert "\n".join(s.train) + "\n" == train_text  # only the story breaks (and the final newline) removed
     assert s.heldout == [val_text]  # one continuous stream, unaltered
     assert any("â€™" in d for d in s.train)  # mojibake kept as is
-    data = T.load_text("tinystories", "char", block_size=256)
+    data = T.load_text("tinystories", "char", seq_len=256)
     alphabet = set(train_text)  # "\n" is in the alphabet: paragraphs inside stories
     assert data.tokenizer.alphabet == "".join(sorted(alphabet))
     assert data.info["heldout_unk_chars"] == sum(c not in alphabet for c in val_text)
@@ -339,7 +339,7 @@ def test_tinyshakespeare_and_text8_subset_local(shared_env):
 def test_save_and_load_split(tmp_path, tokenizer):
     path = write(tmp_path / "a.txt", "\n\n".join(many_docs(300)))
     run = tmp_path / "run"
-    data = T.load_text(str(path), tokenizer, block_size=16, run_dir=run)
+    data = T.load_text(str(path), tokenizer, seq_len=16, run_dir=run)
     T.save_split(data, run)
     back = T.load_saved(run)
     assert torch.equal(back.heldout, data.heldout)
@@ -382,8 +382,8 @@ def test_bad_files(tmp_path):
 
 def test_block_too_long_and_too_few_documents(tmp_path):
     path = write(tmp_path / "a.txt", "\n\n".join(many_docs(300)))
-    with pytest.raises(UserError, match="--block-size 100000"):
-        T.load_text(str(path), "char", block_size=100_000)
+    with pytest.raises(UserError, match="--seq-len 100000"):
+        T.load_text(str(path), "char", seq_len=100_000)
     docs = [d for d in many_docs(400) if not sha_heldout(d)][:5]
     with pytest.raises(UserError, match="few.txt.*held-out"):
         T.load_text(str(write(tmp_path / "few.txt", "\n\n".join(docs))))

@@ -17,9 +17,10 @@ class ToyDistribution:
         self.V, self.L = V, L
         g = torch.Generator().manual_seed(seed)
         self.seqs = torch.tensor(list(itertools.product(range(V), repeat=L)))  # [V^L, L]
-        self.p = torch.distributions.Dirichlet(torch.ones(len(self.seqs), dtype=torch.float64)).sample()
+        # a Dirichlet(1, ..., 1) draw from this toy's own generator: normalised standard exponentials
+        e = -torch.log(torch.rand(len(self.seqs), generator=g, dtype=torch.float64))
+        self.p = e / e.sum()
         self.p = (self.p + 0.02) / (self.p + 0.02).sum()  # keep every sequence reasonably likely
-        del g
 
     def index(self, x: torch.Tensor) -> torch.Tensor:
         return (x * (self.V ** torch.arange(self.L - 1, -1, -1))).sum(-1)

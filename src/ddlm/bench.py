@@ -26,8 +26,6 @@ is active). A sampling step is a forward pass only: 2 N + 4 n_layers L d_model F
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import resource
@@ -41,14 +39,16 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from .config import TrainConfig
+from .device import autocast_dtype, bf16_is_fast, cpu_supports_bf16, low_precision_copy, pick_device
 from .errors import UserError
 from .networks import PRESETS, NetConfig, Transformer
 from .objectives import ScoreEntropy
+from .plots import plot_scaling
 from .processes import Absorbing
-from .run import autocast_dtype, cpu_supports_bf16, pick_device
-from .sampling import TauLeaping, generate, low_precision_copy
+from .sampling import SampleSpec, TauLeaping, generate
 from .schedules import LogLinear
-from .train import TrainConfig, Trainer
+from .train import Trainer
 
 VOCAB = 24  # the protein tokenizer: 20 residues, X, and the start, end and padding markers
 SAMPLING_STEPS = (128, 1024)
@@ -108,10 +108,6 @@ def machine_info(device: torch.device) -> dict:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
-
-
-def bf16_is_fast(device: torch.device) -> bool:
-    return torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_supports_bf16()
 
 
 def matmul_gflops(dtype: torch.dtype, device: torch.device, seconds: float, sizes=MATMUL_SIZES) -> dict:
@@ -232,21 +228,10 @@ def time_sampling(
     gen = torch.Generator(setup.device).manual_seed(seed)
     sync(setup.device)
     t0 = time.perf_counter()
-    rule = TauLeaping()
+    spec = SampleSpec(steps=steps, rule=TauLeaping(), use_cache=use_cache)
     net = low_precision_copy(net, setup.amp)  # as `ddlm sample` does: weights cast once, no autocast
     with torch.inference_mode():
-        result = generate(
-            net,
-            setup.objective,
-            rule,
-            n,
-            length,
-            steps,
-            generator=gen,
-            use_cache=use_cache,
-            device=setup.device,
-            progress=progress,
-        )
+        result = generate(net, setup.objective, n, length, spec, generator=gen, device=setup.device, progress=progress)
     sync(setup.device)
     seconds = time.perf_counter() - t0
     network_tokens = int(result.nfe.sum()) * length
@@ -315,117 +300,88 @@ def run_scaling(setup: Setup, args, say: Progress, run_dir: Path, plot: Path) ->
     }
 
 
-def plot_scaling(by_length: list[dict], by_batch: list[dict], out: Path, batch_length: int, steps: int) -> None:
-    """Two log-log panels of microseconds per token: training and cached sampling, vs length and vs batch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullLocator
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
-    for ax, points, key, xlabel in (
-        (axes[0], by_length, "length", "sequence length (batch reduced for long sequences)"),
-        (axes[1], by_batch, "batch", f"batch size (length {batch_length})"),
-    ):
-        x = [p[key] for p in points]
-        ax.plot(x, [1e6 / p["train"]["tokens_per_s"] for p in points], "o-", label="training step")
-        ax.plot(x, [1e6 / p["sampling"]["tokens_per_s"] for p in points], "s-", label=f"{steps}-step cached sampling")
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(x, labels=[str(v) for v in x])  # the measured points, as plain numbers
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.set_yscale("log")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("microseconds per token (trained or generated)")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend()
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-
-
 def run_bench(args, say: Progress) -> dict:
+    """Peak matrix products, training throughput and MFU, sampling speed (cached and not), memory, and
+    with `--scaling` the cost against length and batch: the whole of `ddlm bench` as one JSON-able dict."""
     if args.plot is not None and not args.scaling:
         raise UserError("--plot names the --scaling plot; add --scaling")
+    setup = make_setup(args)
+    result: dict = {"machine": machine_info(setup.device), "preset": args.preset}
+    m = result["machine"]
+    say(f"{m['cpu']}, {m['torch_threads']} torch threads, device {setup.device}, load average {m['load_average']:.2f}")
+    if m["load_average"] > 0.5 * (m["cores"] or 1):
+        say("warning: the machine is busy with other work; these figures will be low")
+    result["matmul"] = measure_peaks(setup, args.seconds, say)
+    result["peak_gflops"] = {k: v["gflops"] for k, v in result["matmul"].items()}
+    with tempfile.TemporaryDirectory(prefix="ddlm-bench-") as tmp:
+        run_dir = Path(tmp)
+        trainer = setup.new_trainer(run_dir, args.batch_size, args.length)
+        result["parameters"] = trainer.net.num_parameters()
+        result["non_embedding_parameters"] = non_embedding_parameters(trainer.net)
+        result["net"] = setup.net_cfg.to_dict()
+        result["train"] = measure_training(setup, trainer, args, result["peak_gflops"], say)
+        # sampling with the EMA weights, as `ddlm sample` would use them
+        result["sampling"] = measure_sampling(setup, trainer.ema_net, args, say)
+        result["sampling_sequences"] = args.sequences
+        last = result["sampling"][str(SAMPLING_STEPS[-1])]
+        result["cache_speedup"] = last["uncached"]["seconds"] / last["cached"]["seconds"]
+        # memory high-water marks so far: the default configuration, before --scaling's long sequences
+        result["peak_memory_mib"] = peak_memory_mib(setup.device)
+        if args.scaling:
+            if setup.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(setup.device)
+            result["scaling"] = run_scaling(setup, args, say, run_dir, Path(args.plot or "bench_scaling.png"))
+    return result
+
+
+def make_setup(args) -> Setup:
     device = pick_device(args.device)
-    amp = autocast_dtype(args.precision, device)
-    process = Absorbing(VOCAB)
-    objective = ScoreEntropy(process, LogLinear())
+    objective = ScoreEntropy(Absorbing(VOCAB), LogLinear())
     vocab_in, vocab_out = objective.net_vocab
     max_len = max([args.length, *(args.scaling_lengths if args.scaling else [])])
     net_cfg = NetConfig(
         vocab_in, vocab_out, max_len, time_conditioning=False, positions="rotary", **PRESETS[args.preset]
     )
-    setup = Setup(objective, net_cfg, device, args.precision, amp)
-    result: dict = {"machine": machine_info(device), "preset": args.preset}
-    m = result["machine"]
-    say(f"{m['cpu']}, {m['torch_threads']} torch threads, device {device}, load average {m['load_average']:.2f}")
-    if m["load_average"] > 0.5 * (m["cores"] or 1):
-        say("warning: the machine is busy with other work; these figures will be low")
+    return Setup(objective, net_cfg, device, args.precision, autocast_dtype(args.precision, device))
 
-    # 1. the machine's matrix-product peak, for each precision the run might use
+
+def measure_peaks(setup: Setup, seconds: float, say: Progress) -> dict:
+    """The machine's matrix-product peak for each precision the run might use."""
     peaks = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        if name == "bf16" and not (bf16_is_fast(device) or amp == torch.bfloat16):
+        if name == "bf16" and not (bf16_is_fast(setup.device) or setup.amp == torch.bfloat16):
             continue
         say(f"matmul peak {name} ...")
-        peaks[name] = matmul_gflops(dtype, device, args.seconds)
+        peaks[name] = matmul_gflops(dtype, setup.device, seconds)
         say(f"  {peaks[name]['gflops']:.1f} GFLOP/s ({peaks[name]['size']}^2, {peaks[name]['products']} products)")
-    result["peak_gflops"] = {k: v["gflops"] for k, v in peaks.items()}
-    result["matmul"] = peaks
+    return peaks
 
-    with tempfile.TemporaryDirectory(prefix="ddlm-bench-") as tmp:
-        run_dir = Path(tmp)
-        # 2. training throughput
-        precision = "bf16" if amp == torch.bfloat16 else "fp32"
-        say(f"training: batch {args.batch_size} x {args.length}, {precision} ...")
-        trainer = setup.new_trainer(run_dir, args.batch_size, args.length)
-        net = trainer.net
-        result["parameters"] = net.num_parameters()
-        result["non_embedding_parameters"] = non_embedding_parameters(net)
-        result["net"] = net_cfg.to_dict()
-        train = time_training(trainer, args.length, args.seconds)
-        flops = train_flops_per_token(net, args.length)
-        achieved = train["tokens_per_s"] * flops / 1e9
-        train.update(
-            precision=precision,
-            flops_per_token=flops,
-            achieved_gflops=achieved,
-            mfu=achieved / result["peak_gflops"][precision],
-        )
-        result["train"] = train
-        say(f"  {train['tokens_per_s']:.0f} tokens/s, {train['step_ms']:.1f} ms/step, MFU {train['mfu']:.1%}")
 
-        # 3. sampling, with the EMA weights as `ddlm sample` would use them
-        sample_net = trainer.ema_net
-        warm_sampler(setup, sample_net, args.sequences, args.length)
-        sampling: dict = {}
-        for steps in SAMPLING_STEPS:
-            sampling[str(steps)] = {}
-            for cached in (True, False):
-                name = "cached" if cached else "uncached"
-                say(f"sampling: {args.sequences} x {args.length}, {steps} steps, {name} ...")
-                with tqdm(total=steps + 1, disable=say.quiet, file=sys.stderr, unit="step", leave=False) as bar:
-                    r = time_sampling(
-                        setup, sample_net, args.sequences, args.length, steps, cached, seed=steps, progress=bar
-                    )
-                sampling[str(steps)][name] = r
-                say(f"  {r['seconds']:.2f} s, nfe {r['nfe']}, {r['sequences_per_minute']:.1f} sequences/min")
-        result["sampling"] = sampling
-        result["sampling_sequences"] = args.sequences
-        last = sampling[str(SAMPLING_STEPS[-1])]
-        result["cache_speedup"] = last["uncached"]["seconds"] / last["cached"]["seconds"]
+def measure_training(setup: Setup, trainer: Trainer, args, peaks: dict, say: Progress) -> dict:
+    precision = "bf16" if setup.amp == torch.bfloat16 else "fp32"
+    say(f"training: batch {args.batch_size} x {args.length}, {precision} ...")
+    train = time_training(trainer, args.length, args.seconds)
+    flops = train_flops_per_token(trainer.net, args.length)
+    achieved = train["tokens_per_s"] * flops / 1e9
+    train.update(precision=precision, flops_per_token=flops, achieved_gflops=achieved, mfu=achieved / peaks[precision])
+    say(f"  {train['tokens_per_s']:.0f} tokens/s, {train['step_ms']:.1f} ms/step, MFU {train['mfu']:.1%}")
+    return train
 
-        # 4. memory high-water marks so far: the default configuration, before --scaling's long sequences
-        result["peak_memory_mib"] = peak_memory_mib(device)
 
-        # 6. scaling with length and batch size
-        if args.scaling:
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            result["scaling"] = run_scaling(setup, args, say, run_dir, Path(args.plot or "bench_scaling.png"))
-    return result
+def measure_sampling(setup: Setup, net: Transformer, args, say: Progress) -> dict:
+    """Tau-leaping at each of SAMPLING_STEPS, with and without the cache."""
+    warm_sampler(setup, net, args.sequences, args.length)
+    sampling: dict = {}
+    for steps in SAMPLING_STEPS:
+        sampling[str(steps)] = {}
+        for cached in (True, False):
+            name = "cached" if cached else "uncached"
+            say(f"sampling: {args.sequences} x {args.length}, {steps} steps, {name} ...")
+            with tqdm(total=steps + 1, disable=say.quiet, file=sys.stderr, unit="step", leave=False) as bar:
+                r = time_sampling(setup, net, args.sequences, args.length, steps, cached, seed=steps, progress=bar)
+            sampling[str(steps)][name] = r
+            say(f"  {r['seconds']:.2f} s, nfe {r['nfe']}, {r['sequences_per_minute']:.1f} sequences/min")
+    return sampling
 
 
 def format_table(r: dict) -> str:
@@ -473,64 +429,3 @@ def format_table(r: dict) -> str:
                 f"{sa['sequences']:11d} {sa['tokens_per_s']:12,.0f} {sa['ms_per_step']:9.2f} {sa['nfe']:5d}"
             )
     return "\n".join(lines)
-
-
-def cmd_bench(args) -> int:
-    say = Progress(args.quiet)
-    result = run_bench(args, say)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(format_table(result))
-    return 0
-
-
-def int_list(text: str) -> list[int]:
-    """'64,128,256' -> [64, 128, 256], each at least 1."""
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: give one or more integers of at least 1, e.g. 64,128")
-    return values
-
-
-def add_parser(subparsers) -> None:
-    """Add `bench` to the `ddlm` subcommands."""
-    from .cli import add_runtime_arguments, positive_float, positive_int  # here: cli imports this module
-
-    b = subparsers.add_parser(
-        "bench",
-        help="measure training and sampling speed, MFU and memory on this machine",
-        description="Time the real training step and sampler (SEDD absorbing, protein-sized random data) "
-        "against this machine's matrix-product peak.",
-    )
-    b.add_argument("--preset", choices=sorted(PRESETS), default="small", help="network size (default small)")
-    add_runtime_arguments(b, quiet_help="no progress lines on stderr")
-    b.add_argument("--batch-size", type=positive_int, default=32, help="training batch (default 32)")
-    b.add_argument("--length", type=positive_int, default=129, help="positions per sequence (default 129)")
-    b.add_argument("--sequences", type=positive_int, default=16, help="sequences sampled per run (default 16)")
-    b.add_argument(
-        "--seconds", type=positive_float, default=10.0, help="measuring time per matmul peak and for training (10)"
-    )
-    b.add_argument("--scaling", action="store_true", help="also cost against sequence length and batch size")
-    b.add_argument(
-        "--scaling-lengths",
-        type=int_list,
-        default=[64, 128, 256, 512, 1024],
-        metavar="L,L,...",
-        help="--scaling: sequence lengths (default 64,128,256,512,1024)",
-    )
-    b.add_argument(
-        "--scaling-batches",
-        type=int_list,
-        default=[1, 4, 16, 64],
-        metavar="B,B,...",
-        help="--scaling: batch sizes at --length (default 1,4,16,64)",
-    )
-    b.add_argument("--scaling-seconds", type=positive_float, default=1.5, help="training time per scaling point (1.5)")
-    b.add_argument("--scaling-steps", type=positive_int, default=128, help="sampling steps per scaling point (128)")
-    b.add_argument("--plot", metavar="PNG", help="where --scaling draws its plot (default bench_scaling.png)")
-    b.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    b.set_defaults(func=cmd_bench)

@@ -26,9 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 
-from .errors import UserError
-
-PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
+from .rundir import CHECKPOINTS
 
 
 def atomic_write(path: Path, payload: bytes) -> None:
@@ -86,7 +84,7 @@ def load_optimizer(optimizer: torch.optim.Optimizer, ckpt: Checkpoint) -> None:
 
 class CheckpointDir:
     def __init__(self, run_dir: Path, keep: int = 3):
-        self.dir = Path(run_dir) / "checkpoints"
+        self.dir = Path(run_dir) / CHECKPOINTS
         self.keep = keep
 
     def save(self, step: int, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
@@ -174,18 +172,3 @@ class CheckpointDir:
                 if report:
                     print(f"warning: skipping corrupt checkpoint: {e}", file=sys.stderr)
         return None
-
-
-def require_run_dir(run_dir: Path) -> None:
-    """A run directory must hold a ddlm config; pickled checkpoints from elsewhere are refused, not loaded."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir}: no such run directory (create one with `ddlm train --out {run_dir}`)")
-    if not (run_dir / "config.json").is_file():
-        pickles = [p.name for p in run_dir.iterdir() if p.suffix in PICKLE_SUFFIXES]
-        if pickles:
-            raise UserError(
-                f"{run_dir}: holds {', '.join(pickles)}, which would need pickle to load; ddlm never unpickles "
-                "(it could run arbitrary code). Convert the weights to safetensors with a ddlm config.json."
-            )
-        raise UserError(f"{run_dir}: not a ddlm run directory (no config.json)")

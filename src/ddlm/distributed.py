@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from .device import pick_device
 from .errors import UserError
-from .run import pick_device
 
 ENV_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK")
 

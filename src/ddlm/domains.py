@@ -8,25 +8,45 @@ Three kinds: proteins (FASTA), text (TinyStories, tiny Shakespeare, text8, any .
 from __future__ import annotations
 
 import json
+import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .config import TrainConfig
 from .data import proteins
 from .data.fasta import write_fasta
 from .data.tokenizers import CharTokenizer
 from .errors import UserError
+from .registry import Registry
+from .rundir import CONFIG, PROTEIN_SPLIT, read_json
 
 
 class Domain:
-    kind: str
+    """A kind of data. `name` is the `kind` saved in a run's data config; `claims` says which `--data`
+    values are this kind; `layout` and `positions` shape the network (networks.NetConfig)."""
+
+    name: str
     supports_semi_ar = False
+    layout = "sequence"
+    positions = "rotary"
+    token_unit = "tokens"  # what the real tokens of a record are, for the bits-per-token line
+    length: int
 
     def __init__(self, data_cfg: dict, run_dir: Path):
         self.cfg, self.run_dir = data_cfg, Path(run_dir)
 
-    length: int
+    @classmethod
+    def claims(cls, spec: str) -> bool:
+        """Is `--data spec` this kind of data?"""
+        raise NotImplementedError
+
+    @classmethod
+    def config_from_flags(cls, spec: str, args) -> dict:
+        """The data config of a new run: `--data spec` and this kind's own flags (argparse namespace)."""
+        raise NotImplementedError
 
     def tokenizer(self):
         raise NotImplementedError
@@ -48,7 +68,7 @@ class Domain:
         return [t for t, _ in out], [v for _, v in out]
 
     def template(self, template: str):
-        raise UserError(f"--template: infilling is not supported for {self.kind} runs")
+        raise UserError(f"--template: infilling is not supported for {self.name} runs")
 
     def write_samples(self, stem: Path, texts: list[str], valid: list[bool]) -> Path:
         path = stem.with_suffix(".txt")
@@ -63,9 +83,36 @@ class Domain:
     def describe(self, info: dict) -> str:
         return ", ".join(f"{k} {v}" for k, v in info.items() if isinstance(v, int))
 
+    def per_token_extras(self, bits_per_token: float) -> dict:
+        """What a held-out figure in bits per token means in this data's own units (text: per character)."""
+        return {}
 
+    def training_extras(self) -> dict:
+        """Reference figures of the training data for the end-of-training summary."""
+        return {}
+
+
+DOMAINS: Registry[type[Domain]] = Registry("kind of data")
+
+
+@DOMAINS.register
 class ProteinDomain(Domain):
-    kind = "protein"
+    name = "protein"
+    token_unit = "residues + end markers"
+
+    @classmethod
+    def claims(cls, spec):
+        return spec == "acyp" or Path(spec).suffix.lower() in {".fa", ".fasta", ".faa", ".fas"}
+
+    @classmethod
+    def config_from_flags(cls, spec, args):
+        return {
+            "spec": spec,
+            "kind": cls.name,
+            "max_residues": args.max_len,
+            "heldout_fraction": args.heldout_fraction,
+            "skip_invalid": args.skip_invalid,
+        }
 
     @property
     def max_residues(self) -> int:
@@ -76,7 +123,7 @@ class ProteinDomain(Domain):
         return self.max_residues + 2  # start and end markers
 
     def tokenizer(self) -> CharTokenizer:
-        return CharTokenizer(proteins.AMINO_ACIDS, markers=True)
+        return CharTokenizer(proteins.RESIDUES, markers=True)
 
     def _load(self) -> proteins.ProteinData:
         return proteins.load_proteins(
@@ -89,7 +136,7 @@ class ProteinDomain(Domain):
         return data.train, data.heldout, data.info
 
     def reload(self):
-        split = json.loads((self.run_dir / "split.json").read_text())
+        split = json.loads((self.run_dir / PROTEIN_SPLIT).read_text())
         data = self._load()
         if data.info["sha256"] != split["sha256"]:
             raise UserError(
@@ -104,6 +151,13 @@ class ProteinDomain(Domain):
 
     def train_records(self) -> list[str]:
         return self._load().train_seqs
+
+    def training_extras(self) -> dict:
+        """The entropy of the training residues' composition: what a model that learned only residue
+        frequencies would score, in bits per residue."""
+        counts = Counter("".join(self.train_records()))
+        total = sum(counts.values())
+        return {"composition_entropy_bits": -sum(c / total * math.log2(c / total) for c in counts.values())}
 
     def write_samples(self, stem: Path, texts: list[str], valid: list[bool]) -> Path:
         path = stem.with_suffix(".fasta")
@@ -124,11 +178,11 @@ class ProteinDomain(Domain):
             raise UserError("--template: empty; give residues with '_' at each position to fill, e.g. M__KV_")
         if len(template) > self.max_residues:
             raise UserError(f"--template: {len(template)} positions, but this model holds at most {self.max_residues}")
-        alphabet = set(proteins.AMINO_ACIDS)
+        alphabet = set(proteins.RESIDUES)
         for i, c in enumerate(template):
             if c != "_" and c not in alphabet:
                 raise UserError(
-                    f"--template: {c!r} at position {i + 1} is neither a residue ({proteins.AMINO_ACIDS}) nor '_'"
+                    f"--template: {c!r} at position {i + 1} is neither a residue ({proteins.RESIDUES}) nor '_'"
                 )
         tok = self.tokenizer()
         values = tok.encode_padded([template.replace("_", "A")], self.length)[0]
@@ -137,20 +191,36 @@ class ProteinDomain(Domain):
             if c == "_":
                 clamp[i + 1] = False
         allowed = torch.zeros(tok.vocab_size, dtype=torch.bool)
-        allowed[: len(proteins.AMINO_ACIDS)] = True
+        allowed[: len(proteins.RESIDUES)] = True
         return clamp, values, allowed
 
 
+@DOMAINS.register
 class TextDomain(Domain):
-    """Packed blocks of text; every position is a real token. Bits per character come from the
+    """Packed sequences of text; every position is a real token. Bits per character come from the
     held-out characters per token that the split recorded."""
 
-    kind = "text"
+    name = "text"
     supports_semi_ar = True
+    NAMES = ("tinystories", "tinyshakespeare", "text8")
+
+    @classmethod
+    def claims(cls, spec):
+        return spec in cls.NAMES or Path(spec).suffix.lower() == ".txt"
+
+    @classmethod
+    def config_from_flags(cls, spec, args):
+        return {
+            "spec": spec,
+            "kind": cls.name,
+            "tokenizer": args.tokenizer,
+            "seq_len": args.seq_len,
+            "max_docs": args.max_docs,
+        }
 
     @property
     def length(self) -> int:
-        return self.cfg.get("block_size", 256)
+        return self.cfg.get("seq_len", self.cfg.get("block_size", 256))  # block_size: runs before the rename
 
     _tokenizer = None  # set by prepare(), before the run's config exists
 
@@ -158,7 +228,7 @@ class TextDomain(Domain):
         from .data.text import tokenizer_from_config
 
         if self._tokenizer is None:
-            config = json.loads((self.run_dir / "config.json").read_text())
+            config = read_json(self.run_dir / CONFIG)
             self._tokenizer = tokenizer_from_config(config["tokenizer"], self.run_dir)
         return self._tokenizer
 
@@ -188,15 +258,17 @@ class TextDomain(Domain):
 
         return text.load_saved(self.run_dir).heldout
 
-    def chars_per_token(self) -> float:
+    def per_token_extras(self, bits_per_token: float) -> dict:
+        """Bits per character = bits per token / characters per token of the held-out split."""
         from .data import text
 
-        return text.load_saved(self.run_dir).info["heldout_chars_per_token"]
+        chars_per_token = text.load_saved(self.run_dir).info["heldout_chars_per_token"]
+        return {"chars_per_token": chars_per_token, "bits_per_char": bits_per_token / chars_per_token}
 
     def describe(self, info: dict) -> str:
         return (
-            f"{info.get('train_blocks', '?')} training and {info.get('heldout_blocks', '?')} held-out blocks of "
-            f"{self.length} tokens"
+            f"{info.get('train_sequences', '?')} training and {info.get('heldout_sequences', '?')} held-out "
+            f"sequences of {self.length} tokens"
         )
 
 
@@ -214,9 +286,27 @@ class SudokuStream:
         return torch.from_numpy(grids.astype(np.int64) - 1)
 
 
+@DOMAINS.register
 class SudokuDomain(Domain):
-    kind = "sudoku"
+    name = "sudoku"
     length = 81
+    layout = "sudoku"
+    positions = "sinusoidal"  # cells are their row, column and box embeddings (see networks.py)
+
+    @classmethod
+    def claims(cls, spec):
+        return spec == "sudoku" or spec.startswith("sudoku:")
+
+    @classmethod
+    def config_from_flags(cls, spec, args):
+        # the stream of generated grids is seeded by the run
+        return {
+            "spec": spec,
+            "kind": cls.name,
+            "batch_size": args.batch_size or TrainConfig.batch_size,
+            "seed": args.seed,
+        }
+
     HELDOUT_SEED = 2_000_003  # far from any training seed
 
     def tokenizer(self) -> CharTokenizer:
@@ -261,17 +351,11 @@ class SudokuDomain(Domain):
         return puzzles, solutions
 
 
-DOMAINS: dict[str, type[Domain]] = {"protein": ProteinDomain, "text": TextDomain, "sudoku": SudokuDomain}
-TEXT_NAMES = ("tinystories", "tinyshakespeare", "text8")
-
-
-def domain_for_spec(spec: str) -> str:
-    if spec == "acyp" or Path(spec).suffix.lower() in {".fa", ".fasta", ".faa", ".fas"}:
-        return "protein"
-    if spec == "sudoku" or spec.startswith("sudoku:"):
-        return "sudoku"
-    if spec in TEXT_NAMES or Path(spec).suffix.lower() == ".txt":
-        return "text"
+def domain_class(spec: str) -> type[Domain]:
+    """The kind of data `--data spec` names."""
+    for cls in DOMAINS.values():
+        if cls.claims(spec):
+            return cls
     raise UserError(
         f"--data {spec}: unknown data set; use acyp or a FASTA file (.fa, .fasta, .faa), tinystories, "
         "tinyshakespeare, text8 or a .txt file, or sudoku / sudoku:PUZZLES.csv"

@@ -104,7 +104,9 @@ class SelfAttention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(B, L, D))
 
 
-class Block(nn.Module):
+class Layer(nn.Module):
+    """One transformer layer: pre-LayerNorm self-attention, then a pre-LayerNorm MLP, each residual."""
+
     def __init__(self, cfg: NetConfig):
         super().__init__()
         self.ln1 = nn.LayerNorm(cfg.d_model)
@@ -122,6 +124,12 @@ class Block(nn.Module):
     ) -> torch.Tensor:
         x = x + self.attn(self.ln1(x), kv_cache, rotation, attn_mask)
         return x + self.mlp(self.ln2(x))
+
+
+def rename_old_keys(state_dict: dict, prefix: str, *args) -> None:
+    """Checkpoints written before the layers were renamed call them `blocks.N`; load them as `layers.N`."""
+    for key in [k for k in state_dict if k.startswith(prefix + "blocks.")]:
+        state_dict[prefix + "layers." + key[len(prefix + "blocks.") :]] = state_dict.pop(key)
 
 
 class Transformer(nn.Module):
@@ -151,7 +159,8 @@ class Transformer(nn.Module):
             self.time_mlp = nn.Sequential(
                 nn.Linear(cfg.d_model, cfg.d_model), nn.SiLU(), nn.Linear(cfg.d_model, cfg.d_model)
             )
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.n_layers))
+        self._register_load_state_dict_pre_hook(rename_old_keys)
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_out)
         self.apply(self._init_weights)
@@ -207,8 +216,8 @@ class Transformer(nn.Module):
         rotation = None
         if self.cfg.positions == "rotary":
             rotation = (self.rot_cos[pos], self.rot_sin[pos])
-        for i, block in enumerate(self.blocks):
-            h = block(h, None if kv_caches is None else kv_caches[i], rotation, attn_mask)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, None if kv_caches is None else kv_caches[i], rotation, attn_mask)
         return self.head(self.ln_f(h))
 
     def num_parameters(self) -> int:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from .registry import Registry
+
 
 class OrderPolicy:
     name: str
@@ -36,6 +38,10 @@ class OrderPolicy:
         return score
 
 
+ORDERS: Registry[type[OrderPolicy]] = Registry("unmasking order")
+
+
+@ORDERS.register
 class RandomOrder(OrderPolicy):
     name = "random"
 
@@ -43,6 +49,7 @@ class RandomOrder(OrderPolicy):
         return torch.rand(probs.shape[:-1], generator=generator, device=probs.device)
 
 
+@ORDERS.register
 class TopProbability(OrderPolicy):
     name = "top-prob"
 
@@ -50,15 +57,13 @@ class TopProbability(OrderPolicy):
         return probs.max(-1).values
 
 
+@ORDERS.register
 class TopMargin(OrderPolicy):
     name = "top-margin"
 
     def score(self, probs, generator):
         top2 = probs.topk(2, dim=-1).values
         return top2[..., 0] - top2[..., 1]
-
-
-ORDERS: dict[str, type[OrderPolicy]] = {"random": RandomOrder, "top-prob": TopProbability, "top-margin": TopMargin}
 
 
 def masked_target(n_free: torch.Tensor, masked_fraction: float) -> torch.Tensor:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .registry import Registry
+
 
 class Process:
     """A per-token continuous-time Markov chain on `num_states` states."""
@@ -68,6 +70,10 @@ class Process:
         return {"name": self.name}
 
 
+PROCESSES: Registry[type[Process]] = Registry("process")
+
+
+@PROCESSES.register
 class Absorbing(Process):
     """Each token jumps to the mask (state V) at rate sigma(t) and stays there.
 
@@ -136,6 +142,7 @@ class Absorbing(Process):
         return torch.where(masked, rates, torch.zeros_like(rates))
 
 
+@PROCESSES.register
 class Uniform(Process):
     """Each token jumps to a uniformly random token at rate sigma(t): Q = (1/V) 1 1^T - I.
 
@@ -187,6 +194,3 @@ class Uniform(Process):
     def reverse_rates(self, xt, s):
         rates = s / self.vocab_size
         return rates.scatter(-1, xt[..., None], 0.0)
-
-
-PROCESSES: dict[str, type[Process]] = {"absorbing": Absorbing, "uniform": Uniform}

@@ -12,12 +12,19 @@ import io
 import json
 from pathlib import Path
 
-from .train import plot_losses
+from .config import RunConfig
+from .data.fasta import read_records
+from .plots import composition_plot, plot_losses
+from .rundir import EVAL, HELDOUT_FASTA, LOSS_PLOT, METRICS, PROTEIN_METRICS, REPORT, SAMPLES
 
 
 def _png(fig) -> str:
+    """The figure as an inline image; the figure is closed."""
+    import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
     return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 
@@ -33,99 +40,17 @@ def _fmt(value) -> str:
     return "" if value is None else str(value)
 
 
-def _read_fasta_loose(path: Path) -> list[str]:
-    seqs, current = [], None
-    for line in path.read_text().splitlines():
-        if line.startswith(">"):
-            if current is not None:
-                seqs.append(current)
-            current = ""
-        elif current is not None:
-            current += line.strip()
-    if current is not None:
-        seqs.append(current)
-    return seqs
-
-
-def composition_plot(samples: list[str], natural: list[str]):
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from .data.proteins import AMINO_ACIDS
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.2))
-    x = np.arange(len(AMINO_ACIDS))
-    for k, (name, seqs) in enumerate([("samples", samples), ("held-out natural", natural)]):
-        text = "".join(seqs)
-        freq = np.array([text.count(a) for a in AMINO_ACIDS], dtype=float) / max(len(text), 1)
-        ax1.bar(x + (k - 0.5) * 0.4, freq, width=0.4, label=name)
-        ax2.hist([len(s) for s in seqs], bins=30, alpha=0.6, density=True, label=name)
-    ax1.set_xticks(x, list(AMINO_ACIDS))
-    ax1.set_title("amino-acid composition")
-    ax1.legend()
-    ax2.set_title("length")
-    ax2.legend()
-    return fig
-
-
 def write_report(run_dir: Path, out: Path | None = None) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     run_dir = Path(run_dir)
-    out = out or run_dir / "report.html"
-    config = json.loads((run_dir / "config.json").read_text())
-    parts = [f"<h1>ddlm run <code>{html.escape(str(run_dir))}</code></h1>"]
-    net = config["net"]
-    parts.append(
-        _table(
-            [
-                [
-                    config["data"]["spec"],
-                    config["objective"],
-                    config["process"],
-                    config.get("preset"),
-                    f"d={net['d_model']}, {net['n_layers']} layers, {net['n_heads']} heads",
-                    net["time_conditioning"],
-                ]
-            ],
-            ["data", "objective", "process", "preset", "network", "time conditioning"],
-        )
-    )
-    metrics = run_dir / "metrics.jsonl"
-    if metrics.is_file():
-        plot_losses(metrics, run_dir / "loss.png")
-        encoded = base64.b64encode((run_dir / "loss.png").read_bytes()).decode()
-        parts.append(f'<h2>Loss</h2><img src="data:image/png;base64,{encoded}">')
-    for name, title in [("eval.json", "Held-out likelihood"), ("protein_metrics.json", "Protein metrics")]:
-        path = run_dir / name
-        if not path.is_file():
-            continue
-        result = json.loads(path.read_text())
-        parts.append(f"<h2>{title}</h2>")
-        if name == "protein_metrics.json":
-            rows_names = [k for k in ("samples", "natural", "shuffled") if k in result]
-            keys = [k for k, v in result[rows_names[0]].items() if isinstance(v, int | float)]
-            parts.append(_table([[k, *[result[r].get(k) for r in rows_names]] for k in keys], ["metric", *rows_names]))
-            parts.append(f"<p>settings: <code>{html.escape(json.dumps(result.get('settings', {})))}</code></p>")
-        else:
-            parts.append(
-                _table([[k, v] for k, v in result.items() if not isinstance(v, dict | list)], ["quantity", "value"])
-            )
-    samples_path = next((p for p in (run_dir / "samples.fasta", run_dir / "samples.txt") if p.is_file()), None)
-    if samples_path is not None:
-        if samples_path.suffix == ".fasta":
-            samples = _read_fasta_loose(samples_path)
-            natural = _read_fasta_loose(run_dir / "heldout.fa") if (run_dir / "heldout.fa").is_file() else []
-            if samples and natural:
-                fig = composition_plot(samples, natural)
-                parts.append("<h2>Samples against held-out natural sequences</h2>" + _png(fig))
-                plt.close(fig)
-            parts.append("<h2>Samples</h2><pre>" + html.escape("\n".join(samples[:50])) + "</pre>")
-        else:
-            parts.append("<h2>Samples</h2><pre>" + html.escape(samples_path.read_text()[:20000]) + "</pre>")
+    config = RunConfig.read(run_dir)
+    out = out or run_dir / REPORT
+    parts = [
+        f"<h1>ddlm run <code>{html.escape(str(run_dir))}</code></h1>",
+        _config_table(config),
+        *_loss_section(run_dir),
+        *_results_sections(run_dir),
+        *_samples_section(run_dir),
+    ]
     for gif in sorted(run_dir.glob("*.gif")):
         encoded = base64.b64encode(gif.read_bytes()).decode()
         parts.append(f'<h2>Denoising: {html.escape(gif.name)}</h2><img src="data:image/gif;base64,{encoded}">')
@@ -137,3 +62,57 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
         f"<!doctype html><meta charset=utf-8><title>ddlm report</title><style>{style}</style>" + "\n".join(parts)
     )
     return out
+
+
+def _config_table(config: RunConfig) -> str:
+    net = config.net
+    row = [
+        config.data["spec"],
+        config.objective,
+        config.process,
+        config.preset,
+        f"d={net.d_model}, {net.n_layers} layers, {net.n_heads} heads",
+        net.time_conditioning,
+    ]
+    return _table([row], ["data", "objective", "process", "preset", "network", "time conditioning"])
+
+
+def _loss_section(run_dir: Path) -> list[str]:
+    if not (run_dir / METRICS).is_file():
+        return []
+    plot_losses(run_dir / METRICS, run_dir / LOSS_PLOT)
+    encoded = base64.b64encode((run_dir / LOSS_PLOT).read_bytes()).decode()
+    return [f'<h2>Loss</h2><img src="data:image/png;base64,{encoded}">']
+
+
+def _results_sections(run_dir: Path) -> list[str]:
+    """What `ddlm eval` saved: the held-out bound, and the protein metrics as a table of rows."""
+    parts = []
+    if (run_dir / EVAL).is_file():
+        result = json.loads((run_dir / EVAL).read_text())
+        rows = [[k, v] for k, v in result.items() if not isinstance(v, dict | list)]
+        parts += ["<h2>Held-out likelihood</h2>", _table(rows, ["quantity", "value"])]
+    if (run_dir / PROTEIN_METRICS).is_file():
+        result = json.loads((run_dir / PROTEIN_METRICS).read_text())
+        names = [k for k in ("samples", "natural", "shuffled") if k in result]
+        keys = [k for k, v in result[names[0]].items() if isinstance(v, int | float)]
+        parts += [
+            "<h2>Protein metrics</h2>",
+            _table([[k, *[result[r].get(k) for r in names]] for k in keys], ["metric", *names]),
+        ]
+        parts.append(f"<p>settings: <code>{html.escape(json.dumps(result.get('settings', {})))}</code></p>")
+    return parts
+
+
+def _samples_section(run_dir: Path) -> list[str]:
+    fasta, text = run_dir / f"{SAMPLES}.fasta", run_dir / f"{SAMPLES}.txt"
+    if text.is_file():
+        return ["<h2>Samples</h2><pre>" + html.escape(text.read_text()[:20000]) + "</pre>"]
+    if not fasta.is_file():
+        return []
+    samples = read_records(fasta)
+    natural = read_records(run_dir / HELDOUT_FASTA) if (run_dir / HELDOUT_FASTA).is_file() else []
+    parts = []
+    if samples and natural:
+        parts.append("<h2>Samples against held-out natural sequences</h2>" + _png(composition_plot(samples, natural)))
+    return [*parts, "<h2>Samples</h2><pre>" + html.escape("\n".join(samples[:50])) + "</pre>"]

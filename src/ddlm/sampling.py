@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .objectives import AutoRegressive, DiffusionObjective
+from .device import low_precision_copy
 from .ordering import OrderPolicy, commit_top, masked_target
 from .processes import Absorbing, Process
+from .registry import Registry
 from .schedules import Schedule
 
 
@@ -46,6 +47,10 @@ class StepRule:
         raise NotImplementedError
 
 
+STEP_RULES: Registry[type[StepRule]] = Registry("step rule")
+
+
+@STEP_RULES.register
 class TauLeaping(StepRule):
     """Tweedie tau-leaping: exact per-position reverse step given the score (SEDD Alg. 2)."""
 
@@ -61,6 +66,7 @@ class TauLeaping(StepRule):
         return torch.expm1(schedule.total(t) - schedule.total(t_next))  # Absorbing.tweedie_probs
 
 
+@STEP_RULES.register
 class Euler(StepRule):
     """First-order step: P(y) = [y = x_t] + dt sigma(t) R(x_t -> y), with the stay mass clipped at 0."""
 
@@ -80,9 +86,6 @@ class Euler(StepRule):
         return schedule.rate(t) * (t - t_next)  # the absorbing rates are s_y, rescaled when they pass 1
 
 
-STEP_RULES: dict[str, type[StepRule]] = {"tau-leaping": TauLeaping, "euler": Euler}
-
-
 def draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """One categorical draw per row of unnormalised `probs` [..., S] by inverse CDF with one uniform each."""
     cdf = probs.double().cumsum(-1)
@@ -98,94 +101,129 @@ class SampleResult:
     history: list[torch.Tensor] | None = None  # states after each step, when asked for
 
 
+@dataclass
+class SampleSpec:
+    """Everything that shapes sampling besides the model: steps, step rule, order, conditioning."""
+
+    steps: int = 128
+    rule: StepRule = field(default_factory=TauLeaping)
+    use_cache: bool = True
+    order: OrderPolicy | None = None
+    clamp: torch.Tensor | None = None  # [L] bool, the same for every sequence, or [n, L], one per sequence
+    clamp_values: torch.Tensor | None = None  # [L] or [n, L]
+    allowed: torch.Tensor | None = None  # [V] bool: the tokens a free position may become
+    semi_ar_length: int | None = None  # grow past the window to this many tokens
+    batch_size: int = 64
+
+
+def reverse_times(schedule: Schedule, steps: int, t_end: float) -> list[float]:
+    """steps + 1 times from t = 1 down to t_end. A schedule with sbar(1) = inf (all masked at t = 1, as
+    D3PM's absorbing one) starts just below 1, where the total noise is finite; the state there is
+    still all-mask with probability 1 - 1e-6."""
+    t_start = 1.0 if torch.isfinite(schedule.total(torch.tensor(1.0, dtype=torch.float64))) else 1.0 - 1e-6
+    return torch.linspace(t_start, t_end, steps + 1, dtype=torch.float64).tolist()
+
+
 @torch.inference_mode()
 def generate(
     net,
-    objective: DiffusionObjective,
-    rule: StepRule,
+    objective,
     batch: int,
     length: int,
-    steps: int,
+    spec: SampleSpec,
     *,
     clamp: torch.Tensor | None = None,
     clamp_values: torch.Tensor | None = None,
-    allowed: torch.Tensor | None = None,
-    order: OrderPolicy | None = None,
     generator: torch.Generator | None = None,
-    use_cache: bool = True,
-    t_end: float = 1e-5,
     device: torch.device | str = "cpu",
+    t_end: float = 1e-5,
     keep_history: bool = False,
     progress=None,
 ) -> SampleResult:
-    """Sample `batch` sequences of `length` tokens.
+    """Sample `batch` sequences of `length` tokens from a diffusion objective in `spec.steps` steps.
 
-    Positions where `clamp` is True are held at `clamp_values`. `allowed` ([V] bool) restricts what a
-    position may become (e.g. residues only when infilling a protein): the scores of other tokens are
-    set to zero, which conditions the reverse process on never choosing them. `order` replaces the
-    random unmasking of the absorbing process by a ranked one (see ordering.py).
+    Positions where `clamp` [batch, length] is True are held at `clamp_values`. `spec.allowed` ([V]
+    bool) restricts what a position may become (e.g. residues only when infilling a protein): the
+    scores of other tokens are set to zero, which conditions the reverse process on never choosing
+    them. `spec.order` replaces the random unmasking of the absorbing process by a ranked one (see
+    ordering.py).
     """
-    if order is not None and not isinstance(objective.process, Absorbing):
+    if spec.order is not None and not isinstance(objective.process, Absorbing):
         raise ValueError("ordered unmasking needs the absorbing process")
-    process, schedule = objective.process, objective.schedule
-    x = process.prior_sample((batch, length), generator, device)
+    x = objective.process.prior_sample((batch, length), generator, device)
     if clamp is not None:
         x = torch.where(clamp, clamp_values, x)
-    cache_ok = use_cache and not net.time_conditioned
     free = torch.ones_like(x, dtype=torch.bool) if clamp is None else ~clamp
-    # A schedule with sbar(1) = inf (all masked at t = 1, as D3PM's absorbing one) starts just below 1,
-    # where the total noise is finite; the state there is still all-mask with probability 1 - 1e-6.
-    t_start = 1.0 if torch.isfinite(schedule.total(torch.tensor(1.0, dtype=torch.float64))) else 1.0 - 1e-6
-    times = torch.linspace(t_start, t_end, steps + 1, dtype=torch.float64).tolist()
-    if cache_ok and order is None and objective.time_separable and not keep_history:
-        tokens, nfe = generate_clocked(net, objective, rule, x, free, times, allowed, generator, progress)
+    times = reverse_times(objective.schedule, spec.steps, t_end)
+    cache_ok = spec.use_cache and not net.time_conditioned
+    if cache_ok and spec.order is None and objective.time_separable and not keep_history:
+        tokens, nfe = generate_clocked(net, objective, spec.rule, x, free, times, spec.allowed, generator, progress)
         return SampleResult(tokens=tokens, nfe=nfe)
-    out = torch.zeros(batch, length, objective.vocab_size, device=device)
-    fresh = torch.zeros(batch, dtype=torch.bool, device=device)  # out[b] is valid for the current x[b]
-    nfe = torch.zeros(batch, dtype=torch.long, device=device)
+    scores = CachedScores(net, objective, x.shape, spec.allowed, cache_ok, device)
     history = [x.clone()] if keep_history else None
-    committed_score = torch.full(x.shape, torch.inf, device=device) if order is not None and order.remask else None
-
-    def evaluate(t: float, active: torch.Tensor) -> torch.Tensor:
-        sbar = schedule.total(torch.tensor(t, dtype=torch.float64)).float()
-        need = active & ~fresh if cache_ok else active
-        if need.any():
-            idx = need.nonzero().squeeze(-1)
-            out[idx] = net(x[idx], sbar.expand(len(idx)).to(device)).float()
-            nfe[idx] += 1
-            fresh[idx] = True
-        s = objective.log_score(out, x, sbar.to(device)).exp()
-        return s if allowed is None else s * allowed.to(s)
-
-    for i in range(steps + 1):
-        active = ~process.finished(x)
+    committed_score = torch.full(x.shape, torch.inf, device=device) if spec.order and spec.order.remask else None
+    for i in range(spec.steps + 1):
+        active = ~objective.process.finished(x)
         if not active.any():
             break
-        final = i == steps
-        t = times[i]
-        t_next = 0.0 if final else times[i + 1]
-        s = evaluate(t, active)
-        if order is not None and not final:
-            new, committed_score = ordered_step(
-                process, schedule, order, x, s, t_next, free, committed_score, generator
-            )
+        t, t_next = times[i], 0.0 if i == spec.steps else times[i + 1]
+        s = scores(x, t, active)
+        if spec.order is not None and i < spec.steps:
+            new, committed_score = ordered_step(objective, spec.order, x, s, t_next, free, committed_score, generator)
         else:
-            probs = final_probs(process, schedule, x, s, t) if final else rule.probs(process, schedule, x, s, t, t_next)
-            new = draw(probs, generator)
+            new = draw(step_probs(objective, spec.rule, x, s, t, t_next), generator)
         if clamp is not None:
             new = torch.where(clamp, clamp_values, new)
         new = torch.where(active[:, None], new, x)
-        fresh &= ~(new != x).any(-1)
+        scores.forget((new != x).any(-1))
         x = new
         if keep_history:
             history.append(x.clone())
         if progress is not None:
             progress.update(1)
-    return SampleResult(tokens=x, nfe=nfe, history=history)
+    return SampleResult(tokens=x, nfe=scores.nfe, history=history)
+
+
+class CachedScores:
+    """The scores s_y of each sequence at time t, from the network's output for that sequence.
+
+    With `cache` (a network that ignores time), a sequence's output stays valid until the sequence
+    changes, so it is reused (MDLM's caching); only the sequences without a valid output are
+    evaluated. `nfe` counts the evaluations each sequence received.
+    """
+
+    def __init__(self, net, objective, shape: tuple[int, int], allowed, cache: bool, device):
+        self.net, self.objective, self.allowed, self.cache = net, objective, allowed, cache
+        batch, length = shape
+        self.out = torch.zeros(batch, length, objective.vocab_size, device=device)
+        self.fresh = torch.zeros(batch, dtype=torch.bool, device=device)  # out[b] is valid for the current x[b]
+        self.nfe = torch.zeros(batch, dtype=torch.long, device=device)
+
+    def __call__(self, x: torch.Tensor, t: float, active: torch.Tensor) -> torch.Tensor:
+        sbar = self.objective.schedule.total(torch.tensor(t, dtype=torch.float64)).float().to(x.device)
+        need = active & ~self.fresh if self.cache else active
+        if need.any():
+            idx = need.nonzero().squeeze(-1)
+            self.out[idx] = self.net(x[idx], sbar.expand(len(idx))).float()
+            self.nfe[idx] += 1
+            self.fresh[idx] = True
+        s = self.objective.log_score(self.out, x, sbar).exp()
+        return s if self.allowed is None else s * self.allowed.to(s)
+
+    def forget(self, changed: torch.Tensor) -> None:
+        """The sequences in `changed` [B] moved: their outputs are stale."""
+        self.fresh &= ~changed
+
+
+def step_probs(objective, rule: StepRule, x, s, t: float, t_next: float) -> torch.Tensor:
+    """The transition probabilities of one reverse step; the last step (t_next = 0) denoises."""
+    if t_next == 0.0:
+        return final_probs(objective.process, objective.schedule, x, s, t)
+    return rule.probs(objective.process, objective.schedule, x, s, t, t_next)
 
 
 def generate_clocked(
-    net, objective: DiffusionObjective, rule: StepRule, x, free, times: list[float], allowed, generator, progress=None
+    net, objective, rule: StepRule, x, free, times: list[float], allowed, generator, progress=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The cached reverse process with one clock per sequence (absorbing process, time-separable scores).
 
@@ -206,7 +244,7 @@ def generate_clocked(
     weight[:steps] = rule.unmask_weight(schedule, t[:-1], t[1:]) / torch.expm1(sbar[:-1])
     weight = weight.to(x.device)
     unit_time = torch.tensor(math.log(2.0), device=x.device)  # expm1(sbar) = 1: the time factor is 1
-    window = 32  # steps of coins drawn at once; a sequence's next event is usually a few steps away
+    lookahead = 32  # steps of coins drawn at once; a sequence's next event is usually a few steps away
     clock = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)  # the next step each sequence takes
     nfe = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
     done_steps = 0
@@ -223,17 +261,17 @@ def generate_clocked(
         rate = s.sum(-1).double() * masked[rows]  # [b, L]; zero where nothing can happen
         hit, waiting = torch.zeros_like(masked[rows]), torch.arange(len(rows), device=x.device)
         while len(waiting):  # walk each waiting sequence forward until one of its positions unmasks
-            k = (clock[rows[waiting]][:, None] + torch.arange(window, device=x.device)).clamp(max=steps)
-            p = (rate[waiting][:, :, None] * weight[k][:, None, :]).clamp(max=1.0)  # [b, L, window]
+            k = (clock[rows[waiting]][:, None] + torch.arange(lookahead, device=x.device)).clamp(max=steps)
+            p = (rate[waiting][:, :, None] * weight[k][:, None, :]).clamp(max=1.0)  # [b, L, lookahead]
             p = torch.where((k == steps)[:, None, :] & masked[rows[waiting]][:, :, None], 1.0, p)
             coins = torch.rand(p.shape, generator=generator, device=x.device, dtype=torch.float64) < p
-            any_hit = coins.any(1)  # [b, window]
+            any_hit = coins.any(1)  # [b, lookahead]
             found = any_hit.any(-1)
-            first = any_hit.float().argmax(-1)  # the first step in the window with an event
+            first = any_hit.float().argmax(-1)  # the first step of the lookahead with an event
             event = waiting[found]
             hit[event] = coins[found, :, first[found]]
             clock[rows[event]] = k[found, first[found]] + 1
-            clock[rows[waiting[~found]]] += window
+            clock[rows[waiting[~found]]] += lookahead
             waiting = waiting[~found]
         new = draw(s[hit], generator)
         xs[hit] = new
@@ -264,51 +302,13 @@ def masked_fraction(schedule: Schedule, t: float) -> float:
     return (frac[0] / frac[1]).item()
 
 
-def ordered_step(process, schedule, order: OrderPolicy, x, s, t_next, free, committed_score, generator):
+def ordered_step(objective, order: OrderPolicy, x, s, t_next, free, committed_score, generator):
     """Commit the policy's best-ranked masked positions so round(n_free * m(t_next)) stay masked."""
     probs = s / s.sum(-1, keepdim=True).clamp(min=1e-30)
     candidates = draw(probs, generator)
     score = order.noisy_score(probs, generator)
-    keep = masked_target(free.sum(-1), masked_fraction(schedule, t_next))
-    return commit_top(x, candidates, score, free, process.mask_id, keep, committed_score)
-
-
-@torch.inference_mode()
-def generate_ar(
-    net,
-    objective: AutoRegressive,
-    batch: int,
-    length: int,
-    *,
-    clamp: torch.Tensor | None = None,
-    clamp_values: torch.Tensor | None = None,
-    allowed: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-    use_cache: bool = True,
-    device: torch.device | str = "cpu",
-) -> SampleResult:
-    """Left-to-right sampling with a key/value cache (one new token per network call).
-
-    A clamped position is forced to its value; the model conditions on it only from then on, so an
-    AR model is conditioned by a prefix, not by later positions.
-    """
-    x = torch.empty(batch, length, dtype=torch.long, device=device)
-    inputs = torch.full((batch, 1), objective.start_id, dtype=torch.long, device=device)
-    caches = [{} for _ in net.blocks] if use_cache else None
-    for i in range(length):
-        if use_cache:
-            logits = net(inputs[:, -1:], kv_caches=caches, start=i)[:, -1]
-        else:
-            logits = net(inputs)[:, -1]
-        probs = torch.softmax(logits.float(), dim=-1)
-        if allowed is not None:
-            probs = probs * allowed.to(probs)
-        token = draw(probs, generator)
-        if clamp is not None:
-            token = torch.where(clamp[:, i], clamp_values[:, i], token)
-        x[:, i] = token
-        inputs = torch.cat([inputs, token[:, None]], dim=1)
-    return SampleResult(tokens=x, nfe=torch.full((batch,), length, device=device))
+    keep = masked_target(free.sum(-1), masked_fraction(objective.schedule, t_next))
+    return commit_top(x, candidates, score, free, objective.process.mask_id, keep, committed_score)
 
 
 def generate_semi_ar(window_sampler, batch: int, total_length: int, window: int, overlap: int, device="cpu"):
@@ -330,72 +330,38 @@ def generate_semi_ar(window_sampler, batch: int, total_length: int, window: int,
     return SampleResult(tokens=tokens[:, :total_length], nfe=nfe)
 
 
-def low_precision_copy(net, dtype: torch.dtype | None):
-    """The network with its weights cast once to `dtype` (bf16) for inference, or itself for fp32.
-
-    Autocast re-casts every weight at every call; with the cache's small sub-batches that cast is a
-    third of the cost of a forward pass on a CPU. The logits are returned in float32 either way.
-    """
-    if dtype is None:
-        return net
-    import copy
-
-    return copy.deepcopy(net).to(dtype)
-
-
-@dataclass
-class SampleSpec:
-    """Everything that shapes sampling besides the model: steps, step rule, order, conditioning."""
-
-    steps: int = 128
-    rule: StepRule = field(default_factory=TauLeaping)
-    use_cache: bool = True
-    order: OrderPolicy | None = None
-    clamp: torch.Tensor | None = None  # [L] bool, the same for every sequence, or [n, L], one per sequence
-    clamp_values: torch.Tensor | None = None  # [L] or [n, L]
-    allowed: torch.Tensor | None = None  # [V] bool
-    semi_ar_length: int | None = None  # grow past the window to this many tokens
-    batch_size: int = 64
-
-
 def sample_many(net, objective, n: int, length: int, spec: SampleSpec, *, seed: int, device, amp=None, progress=None):
-    """n sequences in batches of spec.batch_size; returns (ids [n, L'], largest per-sequence nfe, seconds).
-
-    Dispatches on the objective: left-to-right for AR, the reverse diffusion otherwise."""
+    """n sequences in batches of spec.batch_size, each drawn by the objective's own sampler
+    (`objective.sample`); returns (ids [n, L'], largest per-sequence nfe, seconds)."""
     gen = torch.Generator(device).manual_seed(seed)
     chunks, nfe = [], 0
     start = time.perf_counter()
     net = low_precision_copy(net, amp)
     for first in range(0, n, spec.batch_size):
         b = min(spec.batch_size, n - first)
+        clamp, values = spec_clamp(spec, first, b, device)
 
-        def window(clamp, values, b=b, first=first):
-            if clamp is None and spec.clamp is not None:  # one template for all, or one row per sequence
-                rows = slice(first, first + b)
-                clamp = (spec.clamp[rows] if spec.clamp.dim() == 2 else spec.clamp.expand(b, -1)).to(device)
-                values = spec.clamp_values[rows] if spec.clamp.dim() == 2 else spec.clamp_values.expand(b, -1)
-                values = values.to(device)
-            from .block_diffusion import BlockDiffusion, generate_blocks  # lazy: that module builds on this one
-
-            common = dict(
-                clamp=clamp,
-                clamp_values=values,
-                allowed=spec.allowed,
-                generator=gen,
-                use_cache=spec.use_cache,
-                device=device,
+        def sample_window(clamp, values, b=b):
+            return objective.sample(
+                net, b, length, spec, clamp=clamp, clamp_values=values, generator=gen, device=device
             )
-            if isinstance(objective, AutoRegressive):
-                return generate_ar(net, objective, b, length, **common)
-            diffusion = generate_blocks if isinstance(objective, BlockDiffusion) else generate
-            return diffusion(net, objective, spec.rule, b, length, spec.steps, order=spec.order, **common)
 
         if spec.semi_ar_length:
-            result = generate_semi_ar(window, b, spec.semi_ar_length, length, length // 2, device)
+            result = generate_semi_ar(sample_window, b, spec.semi_ar_length, length, length // 2, device)
         else:
-            result = window(None, None)
+            result = sample_window(clamp, values)
         chunks.append(result.tokens.cpu())
         nfe = max(nfe, int(result.nfe.max()))
         if progress is not None:
             progress.update(b)
     return torch.cat(chunks), nfe, time.perf_counter() - start
+
+
+def spec_clamp(spec: SampleSpec, first: int, b: int, device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The clamp and values of sequences first .. first + b - 1: one template for all, or one row each."""
+    if spec.clamp is None:
+        return None, None
+    if spec.clamp.dim() == 2:
+        rows = slice(first, first + b)
+        return spec.clamp[rows].to(device), spec.clamp_values[rows].to(device)
+    return spec.clamp.expand(b, -1).to(device), spec.clamp_values.expand(b, -1).to(device)

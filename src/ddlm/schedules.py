@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from .registry import Registry
+
 
 class Schedule:
     """sbar(t) (total noise) and sigma(t) (its derivative)."""
@@ -27,6 +29,10 @@ class Schedule:
         return {"name": self.name}
 
 
+SCHEDULES: Registry[type[Schedule]] = Registry("schedule")
+
+
+@SCHEDULES.register
 class LogLinear(Schedule):
     """sbar(t) = -log(1 - (1 - eps) t): the masking probability 1 - exp(-sbar) = (1 - eps) t is linear in t.
 
@@ -48,6 +54,7 @@ class LogLinear(Schedule):
         return {"name": self.name, "eps": self.eps}
 
 
+@SCHEDULES.register
 class Geometric(Schedule):
     """sbar(t) = smin^(1-t) smax^t, sigma(t) = sbar(t) log(smax / smin) (SEDD's schedule for the uniform process)."""
 
@@ -64,9 +71,6 @@ class Geometric(Schedule):
 
     def config(self) -> dict:
         return {"name": self.name, "smin": self.smin, "smax": self.smax}
-
-
-SCHEDULES: dict[str, type[Schedule]] = {"loglinear": LogLinear, "geometric": Geometric}
 
 
 def schedule_from_config(cfg: dict) -> Schedule:

@@ -20,40 +20,20 @@ import math
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from .checkpoint import Checkpoint, CheckpointDir, load_optimizer, optimizer_tensors
+from .config import TrainConfig
+from .device import autocast, autocast_dtype
 from .distributed import LocalRows, World
 from .errors import UserError
 from .evaluate.likelihood import evaluate_bound
 from .objectives import Objective
-from .run import autocast_dtype
-
-
-@dataclass
-class TrainConfig:
-    batch_size: int = 32
-    lr: float = 1e-3
-    warmup: int = 200
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.98)
-    grad_clip: float = 1.0
-    ema: float = 0.999
-    seed: int = 0
-    log_every: int = 25
-    eval_every: int = 250
-    eval_sequences: int = 256
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 3
-    precision: str = "auto"
-    max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from .plots import plot_losses
+from .rundir import LOSS_PLOT, METRICS
 
 
 class StopTraining(Exception):
@@ -138,7 +118,7 @@ class Trainer:
         self.bad_steps_total = 0
         self.checkpoints = CheckpointDir(self.run_dir, keep=cfg.keep_checkpoints)
         self.amp = autocast_dtype(cfg.precision, device)
-        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.metrics_path = self.run_dir / METRICS
         self._signal: int | None = None
 
     # --- state -----------------------------------------------------------------------------------
@@ -218,7 +198,7 @@ class Trainer:
         x0 = self.batches(self.step).to(self.device, non_blocking=True)
         if self.world.distributed:
             return self._train_step_distributed(x0)
-        with torch.autocast(self.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
+        with autocast(self.device, self.amp):
             per_seq = self.objective.training_loss(self.net, x0, generator=self.gen)
         loss = per_seq.mean() / x0.shape[1]  # nats per position: scale-free for the optimiser
         self.optimizer.zero_grad(set_to_none=True)
@@ -232,7 +212,7 @@ class Trainer:
         """The same step with this rank's rows of the global batch x0: noise drawn for all of x0 from the
         shared generator, network and gradient on the local rows, gradients averaged by DDP. The mean of
         the ranks' losses is the single-process loss, so the averaged gradient is its gradient."""
-        with torch.autocast(self.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
+        with autocast(self.device, self.amp):
             per_seq = self.objective.training_loss(LocalRows(self.model, self.rows), x0, generator=self.gen)
         per_seq = per_seq[self.rows]
         loss = per_seq.mean() / x0.shape[1]
@@ -286,83 +266,41 @@ class Trainer:
         """Train until `steps` total steps or `time_budget_s` seconds of this session, then checkpoint."""
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         t0 = time.perf_counter()
-        window = {"nats": 0.0, "tokens": 0, "positions": 0, "steps": 0, "t": t0}
+        tally = Tally(t0)  # what the steps since the last log line did
         consecutive_bad = 0
-        last_eval: dict | None = None
-        total = steps if steps is not None else None
         bar = tqdm(
-            total=total if total is not None else int(time_budget_s),
-            initial=self.step if total is not None else 0,
-            unit="step" if total is not None else "s",
+            total=steps if steps is not None else int(time_budget_s),
+            initial=self.step if steps is not None else 0,
+            unit="step" if steps is not None else "s",
             disable=not progress or not self.world.is_main,
             file=sys.stderr,
             dynamic_ncols=True,
         )
         try:
-            while True:
-                elapsed = time.perf_counter() - t0
-                if steps is not None and self.step >= steps:
-                    break
-                time_up = time_budget_s is not None and elapsed >= time_budget_s
-                signum = self._signal
-                if self.world.distributed:  # every rank must stop at the same step
-                    time_up, got_int, got_term = self.world.any(
-                        time_up, signum == signal.SIGINT, signum == signal.SIGTERM
-                    )
-                    signum = signal.SIGINT if got_int else signal.SIGTERM if got_term else None
-                if time_up:
-                    break
-                if signum is not None:
-                    self.save()
-                    name = signal.Signals(signum).name
-                    raise StopTraining(f"{name} received: checkpoint saved at step {self.step}", 128 + signum)
+            while not self._should_stop(steps, time_budget_s, time.perf_counter() - t0):
                 stats = self.train_step()
                 if stats is None:
                     consecutive_bad += 1
-                    self.bad_steps_total += 1
-                    self.log(
-                        {
-                            "step": self.step,
-                            "event": "non-finite loss or gradient: step skipped",
-                            "bad_steps_total": self.bad_steps_total,
-                        }
-                    )
-                    if consecutive_bad >= self.cfg.max_bad_steps:
-                        self.save()  # parameters are still the last good ones: skipped steps change nothing
-                        raise StopTraining(
-                            f"{consecutive_bad} consecutive non-finite steps at step {self.step}; stopped. "
-                            "The last good state is checkpointed; try a lower --lr.",
-                            1,
-                        )
+                    self._skipped_step(consecutive_bad)
                     self.step += 1
                     continue
                 consecutive_bad = 0
                 self.step += 1
-                for key in ("nats", "tokens", "positions"):
-                    window[key] += stats[key]
-                window["steps"] += 1
+                tally.add(stats)
                 if self.step % self.cfg.log_every == 0:
-                    now = time.perf_counter()
-                    record = {
-                        "step": self.step,
-                        "train_bits_per_token": window["nats"] / math.log(2) / window["tokens"],
-                        "lr": self.lr_at(self.step - 1),
-                        "grad_norm": stats["grad_norm"],
-                        "positions_per_s": window["positions"] / (now - window["t"]),
-                        "elapsed_s": now - t0,
-                    }
+                    record = tally.record(self.step, self.lr_at(self.step - 1), stats["grad_norm"], t0)
                     self.log(record)
                     bar.set_postfix(loss=f"{record['train_bits_per_token']:.3f}", refresh=False)
-                    window = {"nats": 0.0, "tokens": 0, "positions": 0, "steps": 0, "t": now}
+                    tally = Tally(time.perf_counter())
                 if self.step % self.cfg.eval_every == 0:
-                    last_eval = self.heldout_bits()
-                    self.log({"step": self.step, "heldout_bits_per_token": last_eval["bits_per_token"]})
-                    bar.set_postfix(heldout=f"{last_eval['bits_per_token']:.3f}", refresh=False)
+                    bits = self.heldout_bits()["bits_per_token"]
+                    self.log({"step": self.step, "heldout_bits_per_token": bits})
+                    bar.set_postfix(heldout=f"{bits:.3f}", refresh=False)
                     if self.world.is_main:
-                        plot_losses(self.metrics_path, self.run_dir / "loss.png")
+                        plot_losses(self.metrics_path, self.run_dir / LOSS_PLOT)
                 if self.step % self.cfg.checkpoint_every == 0:
                     self.save()
-                if total is not None:
+                if steps is not None:
                     bar.update(1)
                 else:
                     bar.n = min(int(time.perf_counter() - t0), int(time_budget_s))
@@ -373,35 +311,59 @@ class Trainer:
                 signal.signal(s, handler)
         self.save()
         if self.world.is_main:
-            plot_losses(self.metrics_path, self.run_dir / "loss.png")
+            plot_losses(self.metrics_path, self.run_dir / LOSS_PLOT)
         return {"steps": self.step, "seconds": time.perf_counter() - t0, "bad_steps": self.bad_steps_total}
 
+    def _should_stop(self, steps: int | None, time_budget_s: float | None, elapsed: float) -> bool:
+        """True when the steps or the time are used up; a signal checkpoints and raises StopTraining.
+        Under data parallelism every rank takes the same decision at the same step."""
+        if steps is not None and self.step >= steps:
+            return True
+        time_up = time_budget_s is not None and elapsed >= time_budget_s
+        signum = self._signal
+        if self.world.distributed:
+            time_up, got_int, got_term = self.world.any(time_up, signum == signal.SIGINT, signum == signal.SIGTERM)
+            signum = signal.SIGINT if got_int else signal.SIGTERM if got_term else None
+        if time_up:
+            return True
+        if signum is not None:
+            self.save()
+            name = signal.Signals(signum).name
+            raise StopTraining(f"{name} received: checkpoint saved at step {self.step}", 128 + signum)
+        return False
 
-def plot_losses(metrics_path: Path, out: Path) -> None:
-    """PNG of the training and held-out bits per token against step."""
-    import matplotlib
+    def _skipped_step(self, consecutive_bad: int) -> None:
+        """Count a step whose loss or gradient was not finite; too many in a row stop the run."""
+        self.bad_steps_total += 1
+        event = {"event": "non-finite loss or gradient: step skipped", "bad_steps_total": self.bad_steps_total}
+        self.log({"step": self.step, **event})
+        if consecutive_bad >= self.cfg.max_bad_steps:
+            self.save()  # parameters are still the last good ones: skipped steps change nothing
+            raise StopTraining(
+                f"{consecutive_bad} consecutive non-finite steps at step {self.step}; stopped. "
+                "The last good state is checkpointed; try a lower --lr.",
+                1,
+            )
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    train, held = [], []
-    if not metrics_path.is_file():  # a run shorter than one logging interval
-        return
-    for line in metrics_path.read_text().splitlines():
-        rec = json.loads(line)
-        if "train_bits_per_token" in rec:
-            train.append((rec["step"], rec["train_bits_per_token"]))
-        if "heldout_bits_per_token" in rec:
-            held.append((rec["step"], rec["heldout_bits_per_token"]))
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    if train:
-        ax.plot(*zip(*train, strict=True), label="train (one time sample per sequence)", alpha=0.7)
-    if held:
-        ax.plot(*zip(*held, strict=True), "o-", label="held-out (EMA weights)")
-    ax.set_xlabel("step")
-    ax.set_ylabel("bound, bits per token")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
+class Tally:
+    """Sums over the training steps since the last log line, for its averages."""
+
+    def __init__(self, start: float):
+        self.start, self.nats, self.tokens, self.positions = start, 0.0, 0, 0
+
+    def add(self, stats: dict) -> None:
+        self.nats += stats["nats"]
+        self.tokens += stats["tokens"]
+        self.positions += stats["positions"]
+
+    def record(self, step: int, lr: float, grad_norm: float, t0: float) -> dict:
+        now = time.perf_counter()
+        return {
+            "step": step,
+            "train_bits_per_token": self.nats / math.log(2) / self.tokens,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "positions_per_s": self.positions / (now - self.start),
+            "elapsed_s": now - t0,
+        }

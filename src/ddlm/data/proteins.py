@@ -15,11 +15,13 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..rundir import HELDOUT_FASTA, PROTEIN_SPLIT
 from .fasta import read_fasta, write_fasta
 from .sources import RemoteFile, resolve, sha256_of
 from .tokenizers import CharTokenizer
 
-AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWYX"  # the 20 standard residues and X (unknown)
+AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"  # the 20 standard amino acids
+RESIDUES = AMINO_ACIDS + "X"  # what a protein record may hold: the 20 and X (unknown); the tokenizer's alphabet
 
 ACYP = RemoteFile(
     name="acyp",
@@ -57,7 +59,7 @@ def load_proteins(
     spec: str, max_residues: int = 127, heldout_fraction: float = 0.05, skip_invalid: bool = False
 ) -> ProteinData:
     path = resolve(ACYP) if spec == "acyp" else Path(spec)
-    records = read_fasta(path, AMINO_ACIDS, max_residues, skip_invalid)
+    records = read_fasta(path, RESIDUES, max_residues, skip_invalid)
     seen: set[str] = set()
     train_ids, train_seqs, held_ids, held_seqs = [], [], [], []
     for name, seq in zip(records.ids, records.seqs, strict=True):
@@ -83,16 +85,16 @@ def load_proteins(
         "heldout": len(held_seqs),
         "heldout_fraction": heldout_fraction,
     }
-    tokenizer = CharTokenizer(AMINO_ACIDS, markers=True)
+    tokenizer = CharTokenizer(RESIDUES, markers=True)
     return ProteinData(tokenizer, max_residues + 2, train_ids, train_seqs, held_ids, held_seqs, info)
 
 
 def save_split(data: ProteinData, run_dir: Path) -> None:
     """The held-out records as FASTA and the split's provenance, so evaluation uses the same records."""
-    write_fasta(run_dir / "heldout.fa", data.heldout_ids, data.heldout_seqs)
-    (run_dir / "split.json").write_text(json.dumps({**data.info, "train_ids": data.train_ids}, indent=1))
+    write_fasta(run_dir / HELDOUT_FASTA, data.heldout_ids, data.heldout_seqs)
+    (run_dir / PROTEIN_SPLIT).write_text(json.dumps({**data.info, "train_ids": data.train_ids}, indent=1))
 
 
 def load_heldout(run_dir: Path, max_residues: int) -> tuple[list[str], list[str]]:
-    records = read_fasta(run_dir / "heldout.fa", AMINO_ACIDS, max_residues)
+    records = read_fasta(run_dir / HELDOUT_FASTA, RESIDUES, max_residues)
     return records.ids, records.seqs

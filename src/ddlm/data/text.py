@@ -40,8 +40,8 @@ In both, the end-of-text token (EOT) is added only between documents: a literal 
 the text is encoded as ordinary characters/bytes, and `decode` shows the EOT as ``<|endoftext|>``.
 
 Packing: the documents of a split are joined with EOT (``d1 EOT d2 EOT ... dn``, no EOT after the last),
-the token stream is cut into consecutive blocks of ``block_size`` tokens and the last partial block is
-dropped (``info["<split>_tokens_dropped"]``). Every position of a block is a real token.
+the token stream is cut into consecutive sequences of ``seq_len`` tokens (`--seq-len`) and the last partial
+one is dropped (``info["<split>_tokens_dropped"]``). Every position of a sequence is a real token.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..rundir import HELDOUT_TENSORS, TEXT_SPLIT, TOKENIZER
 from .proteins import is_heldout
 from .sources import RemoteFile, cache_dir, read_user_text, resolve, sha256_of
 from .tokenizers import CharTokenizer
@@ -96,7 +97,7 @@ class TextCharTokenizer:
     `decode` shows EOT as ``<|endoftext|>``, <unk> as ``<unk>`` and ids outside the vocabulary as U+FFFD.
     """
 
-    markers = False  # no BOS/EOS/PAD: packed blocks are all real tokens
+    markers = False  # no BOS/EOS/PAD: packed sequences are all real tokens
     bos_id = eos_id = pad_id = None
 
     def __init__(self, alphabet: str):
@@ -143,7 +144,7 @@ class TextCharTokenizer:
         return "".join(out), True
 
     def real_tokens(self, ids: torch.Tensor) -> torch.Tensor:
-        """[N] number of real tokens per row: every position of a packed block."""
+        """[N] number of real tokens per row: every position of a packed sequence."""
         return torch.full(ids.shape[:1], ids.shape[1], dtype=torch.long)
 
     def chars_per_id(self) -> torch.Tensor:
@@ -177,10 +178,10 @@ def _import_tokenizers():
 class BPETokenizer:
     """Byte-level BPE: ByteLevel pre-tokenizer (no prefix space) and decoder, EOT as its only special token.
 
-    Decoding a block that starts or ends inside a multi-byte character shows U+FFFD for the partial bytes.
+    Decoding a sequence that starts or ends inside a multi-byte character shows U+FFFD for the partial bytes.
     """
 
-    FILE = "tokenizer.json"
+    FILE = TOKENIZER
     markers = False
     bos_id = eos_id = pad_id = None
 
@@ -256,7 +257,7 @@ class BPETokenizer:
         return "".join(parts), True
 
     def real_tokens(self, ids: torch.Tensor) -> torch.Tensor:
-        """[N] number of real tokens per row: every position of a packed block."""
+        """[N] number of real tokens per row: every position of a packed sequence."""
         return torch.full(ids.shape[:1], ids.shape[1], dtype=torch.long)
 
     def chars_per_id(self) -> torch.Tensor:
@@ -497,7 +498,7 @@ def load_splits(spec: str, max_docs: int | None = None) -> TextSplits:
 @dataclass
 class TextData:
     tokenizer: TextTokenizer
-    length: int  # block_size
+    length: int  # seq_len
     train: torch.Tensor  # [N, length] int64
     heldout: torch.Tensor  # [M, length] int64
     info: dict
@@ -519,38 +520,38 @@ def encode_stream(tokenizer: TextTokenizer, docs: list[str]) -> tuple[torch.Tens
     return torch.from_numpy(stream), unk
 
 
-def pack(stream: torch.Tensor, block_size: int) -> tuple[torch.Tensor, int]:
-    """[N, block_size] consecutive blocks of `stream`, and the number of tokens dropped at the end."""
-    n = stream.numel() // block_size
-    return stream[: n * block_size].reshape(n, block_size).clone(), stream.numel() - n * block_size
+def pack(stream: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, int]:
+    """[N, seq_len] consecutive sequences of `stream`, and the number of tokens dropped at the end."""
+    n = stream.numel() // seq_len
+    return stream[: n * seq_len].reshape(n, seq_len).clone(), stream.numel() - n * seq_len
 
 
 def load_text(
     spec: str,
     tokenizer: str = "char",
-    block_size: int = 256,
+    seq_len: int = 256,
     run_dir: Path | None = None,
     max_docs: int | None = None,
 ) -> TextData:
-    """Read `--data spec`, build the tokenizer on the training split, and pack both splits into blocks.
+    """Read `--data spec`, build the tokenizer on the training split, and pack both splits into sequences.
 
     A BPE tokenizer is trained on the training split and, with `run_dir`, saved as RUN/tokenizer.json; if
     that file already exists it must be the same tokenizer (same data, same N), else UserError.
 
     `info` has, per split (train, heldout): documents, chars (characters of the documents, separators
-    excluded), tokens (the whole stream, EOTs included), blocks, tokens_dropped; and heldout_unk_chars
+    excluded), tokens (the whole stream, EOTs included), sequences, tokens_dropped; and heldout_unk_chars
     (characters outside the training alphabet, char tokenizer only) with the distinct ones.
 
-    ``heldout_chars_per_token = heldout_kept_chars / (heldout blocks * block_size)``, where
+    ``heldout_chars_per_token = heldout_kept_chars / (heldout sequences * seq_len)``, where
     ``heldout_kept_chars`` is the number of characters the kept held-out tokens stand for: each character
     token, <unk> and EOT counts 1; a BPE token counts the UTF-8 lead bytes among its bytes (a character
     split across tokens counts once, in the token holding its first byte); EOT counts 1 as it stands for a
     document break. So bits per character = bits per token / heldout_chars_per_token, over the same
-    kept blocks. It is exactly 1 for the char tokenizer.
+    kept sequences. It is exactly 1 for the char tokenizer.
     """
     n_bpe = parse_tokenizer_spec(tokenizer)
-    if block_size < 1:
-        raise UserError(f"--block-size {block_size}: must be at least 1")
+    if seq_len < 1:
+        raise UserError(f"--seq-len {seq_len}: must be at least 1")
     splits = load_splits(spec, max_docs)
     if n_bpe is None:
         tok: TextTokenizer = TextCharTokenizer.from_text(splits.train)
@@ -569,13 +570,13 @@ def load_text(
             tok = BPETokenizer.load(path)
     train_stream, _ = encode_stream(tok, splits.train)
     held_stream, unk = encode_stream(tok, splits.heldout)
-    train, train_dropped = pack(train_stream, block_size)
-    held, held_dropped = pack(held_stream, block_size)
-    for name, blocks, stream in (("training", train, train_stream), ("held-out", held, held_stream)):
-        if len(blocks) == 0:
+    train, train_dropped = pack(train_stream, seq_len)
+    held, held_dropped = pack(held_stream, seq_len)
+    for name, packed, stream in (("training", train, train_stream), ("held-out", held, held_stream)):
+        if len(packed) == 0:
             raise UserError(
-                f"--data {spec}: the {name} split has {stream.numel()} tokens, fewer than one block of "
-                f"--block-size {block_size}"
+                f"--data {spec}: the {name} split has {stream.numel()} tokens, fewer than one sequence of "
+                f"--seq-len {seq_len}"
             )
     kept_chars = int(tok.chars_per_id()[held].sum())
     unknown = ""
@@ -586,15 +587,15 @@ def load_text(
         **splits.info,
         "tokenizer": tokenizer,
         "vocab_size": tok.vocab_size,
-        "block_size": block_size,
+        "seq_len": seq_len,
         "train_documents": len(splits.train),
         "heldout_documents": len(splits.heldout),
         "train_chars": sum(map(len, splits.train)),
         "heldout_chars": sum(map(len, splits.heldout)),
         "train_tokens": train_stream.numel(),
         "heldout_tokens": held_stream.numel(),
-        "train_blocks": len(train),
-        "heldout_blocks": len(held),
+        "train_sequences": len(train),
+        "heldout_sequences": len(held),
         "train_tokens_dropped": train_dropped,
         "heldout_tokens_dropped": held_dropped,
         "heldout_unk_chars": unk,
@@ -602,14 +603,11 @@ def load_text(
         "heldout_kept_chars": kept_chars,
         "heldout_chars_per_token": kept_chars / held.numel(),
     }
-    return TextData(tok, block_size, train, held, info)
+    return TextData(tok, seq_len, train, held, info)
 
 
 # ------------------------------------------------------------------------------------------------
 # The held-out split of a run
-
-HELDOUT_FILE = "heldout.safetensors"
-SPLIT_FILE = "text_split.json"
 
 
 def _tensor_sha256(t: torch.Tensor) -> str:
@@ -617,7 +615,7 @@ def _tensor_sha256(t: torch.Tensor) -> str:
 
 
 def save_split(data: TextData, run_dir: Path) -> None:
-    """RUN/heldout.safetensors (the held-out blocks), RUN/text_split.json (info, tokenizer config, checksum)
+    """RUN/heldout.safetensors (the held-out sequences), RUN/text_split.json (info, tokenizer config, checksum)
     and, for BPE, RUN/tokenizer.json: all that evaluation needs to score exactly the same tokens."""
     from safetensors.torch import save_file
 
@@ -628,23 +626,23 @@ def save_split(data: TextData, run_dir: Path) -> None:
         if not path.is_file() or path.read_text(encoding="utf-8") != data.tokenizer.to_str():
             data.tokenizer.save_to(run_dir)
     heldout = data.heldout.to(torch.long).contiguous()
-    save_file({"heldout": heldout}, str(run_dir / HELDOUT_FILE))
+    save_file({"heldout": heldout}, str(run_dir / HELDOUT_TENSORS))
     record = {
-        "block_size": data.length,
+        "seq_len": data.length,
         "tokenizer": data.tokenizer.config(),
         "heldout_shape": list(heldout.shape),
         "heldout_sha256": _tensor_sha256(heldout),
         "info": data.info,
     }
-    (run_dir / SPLIT_FILE).write_text(json.dumps(record, indent=1, ensure_ascii=False), encoding="utf-8")
+    (run_dir / TEXT_SPLIT).write_text(json.dumps(record, indent=1, ensure_ascii=False), encoding="utf-8")
 
 
 def load_saved(run_dir: Path) -> TextData:
-    """The run's tokenizer and held-out blocks as `save_split` stored them (train is an empty [0, L] tensor)."""
+    """The run's tokenizer and held-out sequences as `save_split` stored them (train is an empty [0, L] tensor)."""
     from safetensors.torch import load_file
 
     run_dir = Path(run_dir)
-    split_path, held_path = run_dir / SPLIT_FILE, run_dir / HELDOUT_FILE
+    split_path, held_path = run_dir / TEXT_SPLIT, run_dir / HELDOUT_TENSORS
     try:
         record = json.loads(split_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -658,7 +656,7 @@ def load_saved(run_dir: Path) -> TextData:
         raise UserError(f"{held_path}: missing; this run has no saved held-out split") from None
     except Exception as e:
         raise UserError(f"{held_path}: not a readable safetensors file with a 'heldout' tensor ({e})") from None
-    L = record["block_size"]
+    L = record["seq_len"] if "seq_len" in record else record["block_size"]  # runs before the rename
     if (
         heldout.dtype != torch.long
         or list(heldout.shape) != record["heldout_shape"]

@@ -32,12 +32,11 @@ from typing import Any
 
 import numpy as np
 
-from ddlm.errors import UserError
+from ..data.proteins import AMINO_ACIDS, RESIDUES
+from ..errors import UserError
 
-AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
-"""The 20 standard amino acids, in the order used for composition vectors and k-mer indices."""
-
-ALPHABET = frozenset(AMINO_ACIDS + "X")
+# AMINO_ACIDS, the 20 standard amino acids, give the order of composition vectors and k-mer indices.
+ALPHABET = frozenset(RESIDUES)
 """Letters accepted in a valid sequence: the 20 amino acids plus ``X``."""
 
 GAP_OPEN = 10
@@ -505,6 +504,26 @@ def _row(
     return row
 
 
+def _split_heldout(heldout: list[str], n: int, seed: int) -> tuple[list[str], list[str]]:
+    """(natural row, reference): a seeded random half A of the held-out set cut to n sequences, and the
+    other half B."""
+    order = _rng(seed, 4).permutation(len(heldout))
+    half = len(heldout) // 2
+    return [heldout[i] for i in order[:half]][:n], [heldout[i] for i in order[half:]]
+
+
+REPORT_NOTES = {
+    "reference": "random half B of heldout; natural row = other half A cut to len(samples); "
+    "shuffled row = natural row with residues shuffled within each sequence",
+    "kmer_js": "Jensen-Shannon divergence in bits, k-mers within sequences, X-containing k-mers skipped",
+    "length_w1": "Wasserstein-1 distance between length distributions, in residues",
+    "identity": f"global alignment (parasail NW, BLOSUM62, gap open {GAP_OPEN} extend {GAP_EXTEND}); "
+    "identical non-X pairs / alignment columns incl. end gaps",
+    "evalue_note": "full-sequence E-value with Z = number of sequences searched in that row",
+}
+"""What the report's figures mean, saved beside them in its settings."""
+
+
 def protein_report(
     samples: Sequence[str],
     train: Sequence[str],
@@ -550,11 +569,7 @@ def protein_report(
     if max_len is None:
         max_len = max(len(s) for s in train_l)
 
-    order = _rng(seed, 4).permutation(len(heldout_l))
-    half = len(heldout_l) // 2
-    part_a = [heldout_l[i] for i in order[:half]]
-    reference = [heldout_l[i] for i in order[half:]]
-    natural = part_a[: len(samples_l)]
+    natural, reference = _split_heldout(heldout_l, len(samples_l), seed)
     shuffled = shuffle_sequences(natural, _rng(seed, 5))
 
     train_pool = _subsample(train_l, max_train, _rng(seed, 1))
@@ -569,11 +584,8 @@ def protein_report(
         seed=seed,
         per_sample=per_sample,
     )
-    report: dict[str, Any] = {
-        "samples": _row(samples_l, reference, train_pool, hmm, **common),
-        "natural": _row(natural, reference, train_pool, hmm, **common),
-        "shuffled": _row(shuffled, reference, train_pool, hmm, **common),
-    }
+    rows = {"samples": samples_l, "natural": natural, "shuffled": shuffled}
+    report: dict[str, Any] = {name: _row(seqs, reference, train_pool, hmm, **common) for name, seqs in rows.items()}
     report["settings"] = {
         "seed": seed,
         "max_len": max_len,
@@ -583,17 +595,11 @@ def protein_report(
         "n_heldout": len(heldout_l),
         "n_reference": len(reference),
         "n_natural": len(natural),
-        "reference": "random half B of heldout; natural row = other half A cut to len(samples); "
-        "shuffled row = natural row with residues shuffled within each sequence",
         "composition_kl": f"KL(reference || row) in bits, pseudocount {pseudocount} per amino acid, X ignored",
-        "kmer_js": "Jensen-Shannon divergence in bits, k-mers within sequences, X-containing k-mers skipped",
-        "length_w1": "Wasserstein-1 distance between length distributions, in residues",
-        "identity": f"global alignment (parasail NW, BLOSUM62, gap open {GAP_OPEN} extend {GAP_EXTEND}); "
-        "identical non-X pairs / alignment columns incl. end gaps",
         "max_pairs": max_pairs,
         "n_align": n_align,
         "hmm_length": int(hmm.M),
         "evalue": evalue,
-        "evalue_note": "full-sequence E-value with Z = number of sequences searched in that row",
+        **REPORT_NOTES,
     }
     return report

@@ -27,14 +27,15 @@ process (`generate_blocks`); the prefix is clamped, and the network sees it thro
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 
-from .objectives import MDLM
-from .ordering import OrderPolicy
-from .processes import Process
-from .sampling import SampleResult, StepRule, generate
-from .schedules import Schedule
+from ..processes import Process
+from ..sampling import SampleResult, SampleSpec, generate
+from ..schedules import Schedule
+from .base import ANIMATION_REFUSAL, OBJECTIVES, Option
+from .mdlm import MDLM
 
 
 def block_causal_mask(length: int, block: int, device=None) -> torch.Tensor:
@@ -58,6 +59,7 @@ def training_mask(length: int, block: int, device=None) -> torch.Tensor:
     return torch.cat([top, bottom], dim=0)
 
 
+@OBJECTIVES.register
 class BlockDiffusion(MDLM):
     """BD3-LM: the sum over blocks of MDLM's NELBO of each block given the clean prefix (see module doc).
 
@@ -67,6 +69,31 @@ class BlockDiffusion(MDLM):
     """
 
     name = "bd3lm"
+    options = (
+        Option(
+            "block_size",
+            "--diffusion-block",
+            int,
+            4,
+            1,
+            10**5,
+            "tokens per block, must divide the training length",
+            metavar="B",
+        ),
+    )
+
+    @classmethod
+    def refuse(cls, config):
+        if config.process != "absorbing" or config.time_conditioning:
+            # each block has its own noise level, which one per-sequence time embedding cannot carry
+            return "--objective bd3lm needs --process absorbing and takes no --time-conditioning"
+        block = config.objective_options["block_size"]
+        if config.length is not None and config.length % block:
+            return (
+                f"--diffusion-block {block} does not divide the training length {config.length} "
+                "(text: --seq-len; proteins: --max-len + 2)"
+            )
+        return None
 
     def __init__(self, process: Process, schedule: Schedule, block_size: int):
         super().__init__(process, schedule)
@@ -119,6 +146,21 @@ class BlockDiffusion(MDLM):
         k = torch.randint(1, self.block_size + 1, (n, self.num_blocks(L)), generator=generator, device=x0.device)
         return self.loss_at_mask_count(net, x0, k=k, generator=generator)
 
+    def sample(self, net, batch, length, spec, *, clamp=None, clamp_values=None, generator=None, device="cpu"):
+        return generate_blocks(
+            net, self, batch, length, spec, clamp=clamp, clamp_values=clamp_values, generator=generator, device=device
+        )
+
+    def steps_taken(self, steps, length):
+        """max(1, steps // blocks) in each block: fewer steps than blocks still take one per block."""
+        blocks = self.num_blocks(length)
+        return max(1, steps // blocks) * blocks
+
+    def sampling_refusal(self, spec, animate=False):
+        if spec.semi_ar_length:
+            return "--semi-ar: a bd3lm run already samples block by block; it has no semi-AR mode"
+        return ANIMATION_REFUSAL if animate else super().sampling_refusal(spec)
+
     def loss_at_mask_count(self, net, x0, k=None, generator=None, masked=None):
         """MDLM's mask-count form per block: for each block, k_b ~ U{1..B} positions masked at random,
         weight B / k_b (see DiffusionObjective.loss_at_mask_count), summed over blocks.
@@ -169,22 +211,18 @@ class BlockCausal(torch.nn.Module):
 def generate_blocks(
     net,
     objective: BlockDiffusion,
-    rule: StepRule,
     batch: int,
     length: int,
-    steps: int,
+    spec: SampleSpec,
     *,
     clamp: torch.Tensor | None = None,
     clamp_values: torch.Tensor | None = None,
-    allowed: torch.Tensor | None = None,
-    order: OrderPolicy | None = None,
     generator: torch.Generator | None = None,
-    use_cache: bool = True,
     device: torch.device | str = "cpu",
 ) -> SampleResult:
     """Sample block by block, left to right: block b by MDLM's reverse process (`sampling.generate`)
     on [x^{<b} ; x^b] with the sampled prefix clamped, so only block b is denoised. `steps` is the
-    total over the sequence, divided among the blocks: max(1, steps // n_blocks) each, so fewer steps
+    total over the sequence (`spec.steps`), divided among the blocks: max(1, steps // n_blocks) each, so fewer steps
     than blocks still take one per block; nfe is summed over blocks.
 
     The prefix travels inside the sequence given to `generate` (rather than bound to the wrapper)
@@ -193,7 +231,7 @@ def generate_blocks(
     """
     size = objective.block_size
     blocks = objective.num_blocks(length)
-    per_block = max(1, steps // blocks)
+    per_block = replace(spec, steps=objective.steps_taken(spec.steps, length) // blocks)
     wrapped = BlockCausal(net, size)
     x = torch.zeros(batch, 0, dtype=torch.long, device=device)
     nfe = torch.zeros(batch, dtype=torch.long, device=device)
@@ -209,16 +247,12 @@ def generate_blocks(
         result = generate(
             wrapped,
             objective,
-            rule,
             batch,
             end,
             per_block,
             clamp=hold,
             clamp_values=values,
-            allowed=allowed,
-            order=order,
             generator=generator,
-            use_cache=use_cache,
             device=device,
         )
         x = result.tokens

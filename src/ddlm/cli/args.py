@@ -1,0 +1,114 @@
+"""What every command's parser shares: value types that name the flag's range, the runtime flags,
+the sampling flags, deprecated spellings, and `log` for stderr."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+from ..ordering import ORDERS
+from ..sampling import STEP_RULES
+
+
+def log(msg: str) -> None:
+    """One line on stderr: stdout carries only results (a table, FASTA or one JSON object)."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def number(kind: type, low: float, high: float, low_open: bool = False, high_open: bool = False):
+    """An argparse type: an int or float in [low, high] (an end left open where asked)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        inside = (kind is int or math.isfinite(value)) and (low < value if low_open else low <= value)
+        inside = inside and (value < high if high_open else value <= high)
+        if not inside:
+            lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+            shown = value if kind is float or abs(value) < 10**30 else f"a {len(str(abs(value)))}-digit number"
+            raise argparse.ArgumentTypeError(f"{shown} must be in {lo}{low}, {high}{hi}")
+        return value
+
+    return parse
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
+    return value
+
+
+SEED = number(int, 0, 2**32 - 1)
+
+
+class Deprecated(argparse.Action):
+    """An old spelling of a flag: it still works, as the new one, and says so on stderr."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        log(f"ddlm: {option_string} is deprecated; use {self.new}")
+        setattr(namespace, self.dest, values)
+
+
+def add_runtime_arguments(p: argparse.ArgumentParser, quiet_help: str = "no progress bar") -> None:
+    """--device, --precision and --quiet, the same for every command that runs a network."""
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="auto: bf16 autocast where the hardware supports it fast (fp32 master weights)",
+    )
+    p.add_argument("--quiet", action="store_true", help=quiet_help)
+
+
+def add_sampling_arguments(p: argparse.ArgumentParser, default_n: int) -> None:
+    """The flags `sample` and `infill` share: how many, how (steps, rule, cache, order), where to."""
+    p.add_argument("run", help="run directory")
+    p.add_argument("--n", type=positive_int, default=default_n, help="number of sequences")
+    p.add_argument("--steps", type=positive_int, default=128, help="reverse-process steps")
+    p.add_argument("--sampler", choices=STEP_RULES.names(), default="tau-leaping")
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--out", help="FASTA file to write (default: stdout)")
+    p.add_argument("--json", action="store_true", help='print {"samples", "nfe", "seconds"} as one JSON object')
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="re-run the network at every step (for comparison: same distribution, other draws)",
+    )
+    p.add_argument(
+        "--order",
+        choices=ORDERS.names(),
+        help="masked runs: commit the best-ranked positions each step (Kim et al.) instead of random",
+    )
+    p.add_argument(
+        "--order-noise", type=number(float, 0, 1e6), default=0.0, metavar="G", help="Gumbel noise on the ranking"
+    )
+    p.add_argument(
+        "--remask",
+        action="store_true",
+        help="RDM: committed tokens that are outranked return to the mask (implies --order top-prob)",
+    )
+    add_runtime_arguments(p)

@@ -1,0 +1,313 @@
+"""`ddlm train`: flags -> a run configuration -> the run directory -> the trainer -> the summary.
+
+Under torchrun every process runs this command: rank 0 alone checks the flags and the data and
+writes the run directory while the other ranks wait, then reads it as a resume would (see
+distributed.py); rank 0 alone evaluates, samples and prints at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from ..config import RunConfig, TrainConfig
+from ..distributed import World, session
+from ..domains import Domain, domain_class, domain_from_config
+from ..errors import UserError
+from ..evaluate.likelihood import evaluate_bound
+from ..networks import PRESETS, Transformer
+from ..objectives import OBJECTIVES
+from ..processes import PROCESSES
+from ..rundir import CHECKPOINTS, CONFIG, LOSS_PLOT, METRICS, SAMPLES
+from ..sampling import SampleSpec, sample_many
+from ..schedules import SCHEDULES
+from ..train import StopTraining, Trainer
+from .args import SEED, Deprecated, add_runtime_arguments, log, number, positive_int
+
+DEFAULT_STEPS = 2000
+
+
+@dataclass
+class TrainingRun:
+    """A run directory with its configuration and its data, ready to train."""
+
+    run_dir: Path
+    config: RunConfig
+    domain: Domain
+    train_ids: object  # a tensor of records, or a step -> batch callable (an endless stream)
+    heldout_ids: torch.Tensor
+    info: dict
+
+
+def cmd_train(args) -> int:
+    """Train in this process, or as one rank of a torchrun job (data-parallel; see distributed.py)."""
+    with session(args.device) as world:
+        say = log if world.is_main else (lambda msg: None)
+        try:
+            run = prepare_run(args, world)
+            trainer = build_trainer(run, world)
+            if args.resume:
+                if not trainer.restore():
+                    raise UserError(f"--resume: {run.run_dir} has no valid checkpoint to resume from")
+                say(f"resuming {run.run_dir} at step {trainer.step}")
+        except UserError:
+            if world.is_main:
+                raise
+            return 2  # the same mistake is reported once, by rank 0
+        say(describe(run, trainer, world))
+        steps = args.steps if args.steps is not None or args.time_budget is not None else DEFAULT_STEPS
+        budget = None if args.time_budget is None else args.time_budget * 60
+        try:
+            summary = trainer.fit(steps, budget, not args.quiet)
+        except StopTraining as stop:
+            say(f"ddlm: {stop}")
+            return stop.exit_code
+    if not world.is_main:
+        return 0  # the final evaluation and samples are rank 0's
+    result = finish(args, run, trainer, summary)
+    print(json.dumps(result) if args.json else summary_text(result, run.domain))
+    return 0
+
+
+def prepare_run(args, world: World) -> TrainingRun:
+    """A new run directory (written by rank 0 while the other ranks wait), or the one to resume."""
+    run_dir = Path(args.out)
+    if not args.resume:
+        failure: BaseException | None = None
+        run = None
+        if world.is_main:
+            try:
+                run = create_run(args, world, run_dir)
+            except BaseException as e:
+                failure = e
+        if world.any(failure is not None)[0]:
+            if failure is not None:
+                raise failure
+            raise UserError("rank 0 could not create the run")
+        if run is not None:
+            return run
+    return open_run(args, run_dir)
+
+
+def create_run(args, world: World, run_dir: Path) -> TrainingRun:
+    """Check the flags, read and split the data, write the configuration; a rejected command leaves nothing."""
+    if (run_dir / CONFIG).exists():
+        raise UserError(f"--out {run_dir}: a run is already there; pass --resume to continue it, or another --out")
+    config = RunConfig.from_flags(args, domain_class(args.data).config_from_flags(args.data, args))
+    world.rows(config.train.batch_size)  # does the batch split evenly among the ranks?
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        domain = domain_from_config(config.data, run_dir)
+        train_ids, heldout_ids, info = domain.prepare()
+        batch = config.train.batch_size
+        if torch.is_tensor(train_ids) and len(train_ids) < batch:
+            raise UserError(f"{len(train_ids)} training records are fewer than one batch of {batch} (see --batch-size)")
+        config = config.with_data(domain, domain.tokenizer())
+    except BaseException:
+        if created:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    config.write(run_dir)
+    return TrainingRun(run_dir, config, domain, train_ids, heldout_ids, info)
+
+
+def open_run(args, run_dir: Path) -> TrainingRun:
+    """An existing run directory and its data, with this session's operational flags applied."""
+    config = RunConfig.read(run_dir)
+    operational = {k: getattr(args, k) for k in TrainConfig.OPERATIONAL if getattr(args, k) is not None}
+    config.train = replace(config.train, **operational)
+    domain = domain_from_config(config.data, run_dir)
+    train_ids, heldout_ids, info = domain.reload()
+    return TrainingRun(run_dir, config, domain, train_ids, heldout_ids, info)
+
+
+def build_trainer(run: TrainingRun, world: World) -> Trainer:
+    torch.manual_seed(run.config.train.seed)
+    net = Transformer(run.config.net)
+    real_tokens = run.domain.tokenizer().real_tokens
+    return Trainer(
+        run.run_dir,
+        run.config.build_objective(),
+        net,
+        run.train_ids,
+        run.heldout_ids,
+        real_tokens,
+        run.config.train,
+        world.device,
+        world,
+    )
+
+
+def describe(run: TrainingRun, trainer: Trainer, world: World) -> str:
+    parallel = f", {world.size} processes (global batch {trainer.cfg.batch_size})" if world.distributed else ""
+    return (
+        f"{run.domain.describe(run.info)}; {trainer.net.num_parameters() / 1e6:.2f}M parameters; "
+        f"{run.config.objective}/{run.config.process}; device {world.device}{parallel}, "
+        f"precision {'bf16 autocast' if trainer.amp else 'fp32'}"
+    )
+
+
+def finish(args, run: TrainingRun, trainer: Trainer, summary: dict) -> dict:
+    """The held-out bound of the EMA weights, a few samples and what the data adds: the JSON summary."""
+    tokenizer = run.domain.tokenizer()
+    final = evaluate_bound(
+        trainer.ema_net,
+        trainer.objective,
+        run.heldout_ids,
+        tokenizer.real_tokens(run.heldout_ids),
+        time_samples=args.eval_time_samples,
+        device=trainer.device,
+        autocast_dtype=trainer.amp,
+    )
+    final.update(run.domain.per_token_extras(final["bits_per_token"]))
+    result = {"run": str(run.run_dir), **summary, "heldout": final}
+    if args.samples:
+        ids, _, _ = sample_many(
+            trainer.ema_net,
+            trainer.objective,
+            args.samples,
+            run.domain.length,
+            SampleSpec(steps=args.sample_steps),
+            seed=trainer.cfg.seed,
+            device=trainer.device,
+            amp=trainer.amp,
+        )
+        texts, valid = run.domain.decode(ids)
+        path = run.domain.write_samples(run.run_dir / SAMPLES, texts, valid)
+        result["samples"] = {"path": str(path), "n": len(texts), "valid_fraction": sum(valid) / len(valid)}
+    result.update(run.domain.training_extras())
+    result["loss_plot"] = str(run.run_dir / LOSS_PLOT)
+    result["metrics"] = str(run.run_dir / METRICS)
+    return result
+
+
+def summary_text(result: dict, domain: Domain) -> str:
+    h = result["heldout"]
+    if "mc_standard_error" in h:
+        lines = [
+            f"held-out NELBO: {h['bits_per_token']:.4f} bits/token (+- {h['mc_standard_error']:.4f} MC s.e.; "
+            f"{h['tokens']} tokens = {domain.token_unit}, {h['time_samples']} time samples per sequence)"
+        ]
+    else:
+        lines = [f"held-out NLL: {h['bits_per_token']:.4f} bits/token (exact)"]
+    if "bits_per_char" in h:
+        lines.append(f"               {h['bits_per_char']:.4f} bits/character")
+    if "composition_entropy_bits" in result:
+        lines.append(
+            f"amino-acid composition entropy of the training set: {result['composition_entropy_bits']:.4f} bits"
+        )
+    lines.append(f"trained {result['steps']} steps in {result['seconds'] / 60:.1f} min")
+    if "samples" in result:
+        lines.append(
+            f"samples:     {result['samples']['path']} ({result['samples']['valid_fraction']:.0%} well formed)"
+        )
+    lines.append(f"checkpoints: {Path(result['run']) / CHECKPOINTS}")
+    lines.append(f"loss curve:  {result['loss_plot']}")
+    lines.append(f"metrics:     {result['metrics']}")
+    return "\n".join(lines)
+
+
+# --- the parser -----------------------------------------------------------------------------------
+
+
+def add_parser(sub) -> None:
+    t = sub.add_parser(
+        "train",
+        help="train a model; ends with held-out NELBO and a few samples",
+        description="Train a model on --data into the run directory --out. Under torchrun it trains "
+        "data-parallel: `torchrun --nproc_per_node N -m ddlm train ...` (--batch-size is the global batch).",
+    )
+    t.add_argument(
+        "--data",
+        required=True,
+        help="acyp, tinystories, tinyshakespeare, text8, sudoku[:PUZZLES.csv], or a path to a FASTA "
+        "(.fa, .fasta, .faa, .fas) or .txt file",
+    )
+    t.add_argument("--out", required=True, help="run directory (config, split, checkpoints, metrics, plots)")
+    add_model_arguments(t)
+    add_data_arguments(t)
+    add_optimiser_arguments(t)
+    add_output_arguments(t)
+    add_runtime_arguments(t)
+    t.set_defaults(func=cmd_train)
+
+
+def add_model_arguments(t) -> None:
+    """The network, the objective and the objectives' own options."""
+    t.add_argument("--preset", choices=sorted(PRESETS), default="small", help="network size (default small)")
+    t.add_argument("--objective", choices=OBJECTIVES.names(), default="sedd")
+    t.add_argument("--process", choices=PROCESSES.names(), default="absorbing")
+    t.add_argument("--schedule", choices=SCHEDULES.names(), help="default: loglinear (absorbing), geometric (uniform)")
+    for objective in OBJECTIVES.values():
+        for option in objective.options:
+            t.add_argument(
+                option.flag,
+                type=number(option.kind, option.low, option.high),
+                metavar=option.metavar,
+                help=f"{objective.name}: {option.help} ({option.default})",
+            )
+    tc = t.add_mutually_exclusive_group()
+    tc.add_argument(
+        "--time-conditioning",
+        dest="time_conditioning",
+        action="store_true",
+        default=None,
+        help="feed the network the noise level (default: off for absorbing, on for uniform)",
+    )
+    tc.add_argument("--no-time-conditioning", dest="time_conditioning", action="store_false")
+    t.add_argument(
+        "--dropout", type=number(float, 0, 1, high_open=True), default=0.0, help="dropout in the transformer (0)"
+    )
+
+
+def add_data_arguments(t) -> None:
+    t.add_argument(
+        "--max-len", type=number(int, 1, 100_000), default=127, help="proteins: longest record in residues (127)"
+    )
+    t.add_argument("--tokenizer", default="char", help="text: char or bpe:N (byte-level BPE trained locally)")
+    seq_len = number(int, 1, 100_000)
+    t.add_argument("--seq-len", type=seq_len, default=256, help="text: tokens per training sequence (256)")
+    t.add_argument("--block-size", dest="seq_len", type=seq_len, action=Deprecated, new="--seq-len")
+    t.add_argument("--max-docs", type=positive_int, help="text: stories to stream from the hub when not on disk")
+    t.add_argument("--heldout-fraction", type=number(float, 0, 1, low_open=True, high_open=True), default=0.05)
+    t.add_argument("--skip-invalid", action="store_true", help="skip and count bad records instead of stopping")
+
+
+def add_optimiser_arguments(t) -> None:
+    budget = t.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=positive_int, help=f"total optimiser steps (default {DEFAULT_STEPS})")
+    budget.add_argument(
+        "--time-budget", type=number(float, 0, 1e7, low_open=True), metavar="MIN", help="train for this many minutes"
+    )
+    t.add_argument("--seed", type=SEED, default=0)
+    t.add_argument(
+        "--batch-size", type=number(int, 1, 65_536), help="records per step, over all processes together (32)"
+    )
+    t.add_argument("--lr", type=number(float, 0, 10, low_open=True))
+    t.add_argument("--warmup", type=positive_int)
+    t.add_argument("--ema", type=number(float, 0, 1), help="EMA decay of the weights (default 0.999)")
+    t.add_argument("--weight-decay", type=number(float, 0, 1e6), help="AdamW weight decay on matrices (default 0)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its newest good checkpoint")
+    t.add_argument(
+        "--max-bad-steps",
+        type=positive_int,
+        help="consecutive non-finite steps (skipped) before the run checkpoints and stops with exit code 1 (20)",
+    )
+
+
+def add_output_arguments(t) -> None:
+    t.add_argument("--eval-every", type=positive_int)
+    t.add_argument("--checkpoint-every", type=positive_int)
+    t.add_argument("--keep-checkpoints", type=positive_int, help="newest checkpoints kept on disk (3)")
+    t.add_argument("--log-every", type=positive_int, help="steps between training-loss lines in metrics.jsonl (25)")
+    t.add_argument(
+        "--samples", type=number(int, 0, 1_000_000), default=16, help="sequences to sample at the end into RUN/samples"
+    )
+    t.add_argument("--sample-steps", type=number(int, 1, 100_000), default=128)
+    t.add_argument("--eval-time-samples", type=number(int, 1, 10_000), default=4)
+    t.add_argument("--json", action="store_true", help="print one JSON summary on stdout")

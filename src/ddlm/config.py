@@ -1,0 +1,201 @@
+"""What defines a run: the typed configuration saved as RUN/config.json, and the rules it obeys.
+
+`RunConfig.from_flags` turns `ddlm train`'s flags into a configuration and `with_data` completes it
+once the data has given the tokenizer and the training length; each ends in `validate`, the one
+place where combinations are checked: the generic rule (an objective's own flags only with that
+objective) here, each objective's refusals in its class (`Objective.refuse`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+from .networks import PRESETS, NetConfig
+from .objectives import OBJECTIVES, Objective
+from .processes import PROCESSES
+from .rundir import CONFIG, read_json, require_run_dir, write_json
+from .schedules import schedule_from_config
+
+CONFIG_VERSION = 1
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup: int = 200
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.98)
+    grad_clip: float = 1.0
+    ema: float = 0.999
+    seed: int = 0
+    log_every: int = 25
+    eval_every: int = 250
+    eval_sequences: int = 256
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    precision: str = "auto"
+    max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
+
+    # flags that change how a run is operated, not what it computes: they apply on --resume too
+    OPERATIONAL = ("log_every", "max_bad_steps", "keep_checkpoints")
+    # flags that override a default above when given
+    FLAGS = ("batch_size", "lr", "warmup", "ema", "eval_every", "checkpoint_every", "weight_decay", *OPERATIONAL)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, record: dict) -> TrainConfig:
+        return cls(**{**record, "betas": tuple(record.get("betas", cls.betas))})
+
+
+def option_owners() -> dict[str, type[Objective]]:
+    """Every objective-specific flag and the objective that owns it."""
+    return {option.flag: cls for cls in OBJECTIVES.values() for option in cls.options}
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run. Fields the data decides (tokenizer, vocab_size, net) stay None
+    until `with_data`; `schedule` None means the objective's default for the process."""
+
+    data: dict
+    objective: str = "sedd"
+    process: str = "absorbing"
+    schedule: dict | None = None
+    objective_options: dict = field(default_factory=dict)
+    time_conditioning: bool | None = None  # None: the objective's default for the process
+    preset: str = "small"
+    dropout: float = 0.0
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tokenizer: dict | None = None
+    vocab_size: int | None = None
+    net: NetConfig | None = None
+    # objective-specific flags the user gave, of any objective (not saved: a saved run has only its own)
+    flags_given: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def objective_class(self) -> type[Objective]:
+        return OBJECTIVES[self.objective]
+
+    @property
+    def length(self) -> int | None:
+        """Positions per training sequence, once the data is known."""
+        return None if self.net is None else self.net.max_len
+
+    def validate(self) -> RunConfig:
+        """Raise a UserError naming the flags for the first rule this configuration breaks."""
+        owners = option_owners()
+        for owner in {owners[flag] for flag in self.flags_given} - {self.objective_class}:
+            flags = [flag for flag in self.flags_given if owners[flag] is owner]
+            verb = "applies" if len(flags) == 1 else "apply"
+            raise UserError(f"{' and '.join(flags)} {verb} to --objective {owner.name} only")
+        reason = self.objective_class.refuse(self)
+        if reason is not None:
+            raise UserError(reason)
+        return self
+
+    # --- from flags, from data ---------------------------------------------------------------------
+    @classmethod
+    def from_flags(cls, args, data: dict) -> RunConfig:
+        """The configuration `ddlm train`'s flags describe (argparse namespace `args`), data not yet read."""
+        objective = OBJECTIVES[args.objective]
+        owners = option_owners()
+        given = {f: v for f in owners if (v := getattr(args, f.lstrip("-").replace("-", "_"))) is not None}
+        options = {o.keyword: given.get(o.flag, o.default) for o in objective.options}
+        train = TrainConfig(seed=args.seed, precision=args.precision)
+        train = replace(train, **{k: getattr(args, k) for k in TrainConfig.FLAGS if getattr(args, k) is not None})
+        config = cls(
+            data=data,
+            objective=args.objective,
+            process=args.process,
+            schedule={"name": args.schedule} if args.schedule else None,
+            objective_options=options,
+            time_conditioning=args.time_conditioning,
+            preset=args.preset,
+            dropout=args.dropout,
+            train=train,
+            flags_given=given,
+        )
+        return config.validate()
+
+    def with_data(self, domain, tokenizer) -> RunConfig:
+        """The whole configuration, once the data (a `Domain`) and its tokenizer are known."""
+        name = self.schedule["name"] if self.schedule else None
+        complete = replace(
+            self,
+            tokenizer=tokenizer.config(),
+            vocab_size=tokenizer.vocab_size,
+            schedule=self.objective_class.schedule_config(self.process, name),
+        )
+        objective = complete.build_objective()
+        vocab_in, vocab_out = objective.net_vocab
+        time_conditioning = self.time_conditioning
+        if time_conditioning is None:
+            time_conditioning = self.objective_class.time_conditioning_default(self.process)
+        complete.net = NetConfig(
+            vocab_in=vocab_in,
+            vocab_out=vocab_out,
+            max_len=domain.length,
+            time_conditioning=time_conditioning and not objective.causal,
+            causal=objective.causal,
+            dropout=self.dropout,
+            layout=domain.layout,
+            positions=domain.positions,
+            **PRESETS[self.preset],
+        )
+        return complete.validate()
+
+    def build_objective(self) -> Objective:
+        process = PROCESSES[self.process](self.vocab_size)
+        return self.objective_class(process, schedule_from_config(self.schedule), **self.objective_options)
+
+    # --- RUN/config.json ---------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "ddlm_config_version": CONFIG_VERSION,
+            "data": self.data,
+            "tokenizer": self.tokenizer,
+            "vocab_size": self.vocab_size,
+            "objective": self.objective,
+            "process": self.process,
+            "schedule": self.schedule,
+            "objective_options": self.objective_options,
+            "preset": self.preset,
+            "net": self.net.to_dict(),
+            "train": self.train.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, record: dict) -> RunConfig:
+        net = NetConfig(**record["net"])
+        return cls(
+            data=record["data"],
+            objective=record["objective"],
+            process=record["process"],
+            schedule=record["schedule"],
+            objective_options=record.get("objective_options", {}),
+            time_conditioning=net.time_conditioning,
+            preset=record.get("preset", "small"),
+            dropout=net.dropout,
+            train=TrainConfig.from_dict(record["train"]),
+            tokenizer=record["tokenizer"],
+            vocab_size=record["vocab_size"],
+            net=net,
+        )
+
+    def write(self, run_dir: Path) -> None:
+        write_json(Path(run_dir) / CONFIG, self.to_dict())
+
+    @classmethod
+    def read(cls, run_dir: str | Path) -> RunConfig:
+        run_dir = require_run_dir(run_dir)
+        record = read_json(run_dir / CONFIG)
+        try:
+            return cls.from_dict(record)
+        except (KeyError, TypeError) as e:
+            raise UserError(f"{run_dir / CONFIG}: not a ddlm run configuration ({type(e).__name__}: {e})") from None

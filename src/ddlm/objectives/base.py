@@ -1,0 +1,236 @@
+"""What every objective shares: the bound it estimates, and the wiring it owns.
+
+An objective is one model family's maths. `loss` returns, per sequence, a one-sample estimate of a
+bound on -log p(x0) in nats: a diffusion objective draws a time t, corrupts x0 with the forward
+process, runs the network and scores the result, and its expectation over t is the negative ELBO,
+so the training loss is a likelihood bound. `log_score` turns the network's raw output into log
+concrete scores for the samplers.
+
+An objective also owns its wiring, so that adding one is a class in one module of this package plus
+its registration (`@OBJECTIVES.register`, and the module's import in `__init__.py`):
+
+* `options`: its own `ddlm train` flags (each a constructor keyword saved in the run's config);
+* `refuse`: the run configurations it cannot train, with the one-line reason a user sees;
+* `schedule_config` and `time_conditioning_default`: its defaults;
+* `sample` and `sampling_refusal`: the sampler that draws from it and the sampling flags it refuses;
+* `for_evaluation` and `bound_at`: how `ddlm eval` estimates its held-out bound.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from ..processes import Absorbing, Process
+from ..registry import Registry
+from ..sampling import SampleResult, SampleSpec, generate
+from ..schedules import LogLinear, Schedule
+
+
+@dataclass(frozen=True)
+class Option:
+    """A constructor keyword of one objective, set by a `ddlm train` flag (an int or float in [low, high])."""
+
+    keyword: str
+    flag: str
+    kind: type
+    default: int | float
+    low: int | float
+    high: int | float
+    help: str
+    metavar: str | None = None
+
+
+def stratified_times(n: int, t_min: float, generator: torch.Generator | None, device=None) -> torch.Tensor:
+    """n times in [t_min, 1], one uniformly inside each of n equal strata: same mean as iid, lower variance."""
+    u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
+    strata = (torch.arange(n, device=device, dtype=torch.float64) + u) / n
+    return (t_min + (1 - t_min) * strata).float()
+
+
+def log_expm1(x: torch.Tensor) -> torch.Tensor:
+    """log(e^x - 1), accurate for small and large x."""
+    return torch.where(x < 20, torch.log(torch.expm1(x)), x)
+
+
+class Objective:
+    name: str
+    bound: str = "nelbo"  # "nelbo" for diffusion, "exact" for AR
+    causal: bool = False
+    continuous_time: bool = False
+    options: ClassVar[tuple[Option, ...]] = ()
+
+    def __init__(self, process: Process, schedule: Schedule):
+        self.process = process
+        self.schedule = schedule
+
+    # --- wiring: what a run of this objective may be -----------------------------------------------
+    @classmethod
+    def refuse(cls, config) -> str | None:
+        """Why this objective cannot train the run configuration `config` (a `RunConfig`: its process,
+        schedule, time_conditioning and, once the data is read, length), or None if it can."""
+        return None
+
+    @classmethod
+    def schedule_config(cls, process: str, name: str | None = None) -> dict:
+        """The noise schedule of a run: `name` if the user chose one, else loglinear (geometric for uniform)."""
+        if name is not None:
+            return {"name": name}
+        return {"name": "geometric"} if process == "uniform" else {"name": "loglinear", "eps": 1e-3}
+
+    @classmethod
+    def time_conditioning_default(cls, process: str) -> bool:
+        """Off for the absorbing process (costs nothing, makes the sampler's cache exact), on otherwise."""
+        return process != "absorbing"
+
+    @property
+    def vocab_size(self) -> int:
+        return self.process.vocab_size
+
+    @property
+    def net_vocab(self) -> tuple[int, int]:
+        """(input states, output columns) of the network this objective trains."""
+        return self.process.num_states, self.vocab_size
+
+    # --- the bound ---------------------------------------------------------------------------------
+    def loss(self, net, x0: torch.Tensor, t: torch.Tensor | None = None, generator=None, t_min: float = 1e-3):
+        """[B] one-sample estimate of the bound on -log p(x0), nats per sequence."""
+        raise NotImplementedError
+
+    def training_loss(self, net, x0: torch.Tensor, generator=None) -> torch.Tensor:
+        """[B] what the optimiser minimises; the bound itself unless the objective adds an auxiliary term."""
+        return self.loss(net, x0, generator=generator)
+
+    def for_evaluation(self) -> Objective:
+        """The objective whose estimate `bound_at` is an exact bound (see evaluate/likelihood.py)."""
+        return self
+
+    def bound_at(self, net, x0: torch.Tensor, u: torch.Tensor, generator=None) -> torch.Tensor:
+        """[B] the bound estimated at the stratified uniform numbers u in (0, 1) (float64, one per row)."""
+        return self.loss(net, x0, t=u.float(), generator=generator)
+
+    # --- sampling ----------------------------------------------------------------------------------
+    def sample(
+        self,
+        net,
+        batch: int,
+        length: int,
+        spec: SampleSpec,
+        *,
+        clamp: torch.Tensor | None = None,
+        clamp_values: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
+    ) -> SampleResult:
+        """`batch` sequences of `length` tokens; positions where clamp [batch, length] is True hold clamp_values."""
+        raise NotImplementedError
+
+    def sampling_refusal(self, spec: SampleSpec, animate: bool = False) -> str | None:
+        """Why this objective cannot sample as `spec` asks (or draw the denoising animation), or None."""
+        return None
+
+    def steps_taken(self, steps: int, length: int) -> int:
+        """How many reverse steps `sample` takes when asked for `steps` on sequences of `length`."""
+        return steps
+
+
+OBJECTIVES: Registry[type[Objective]] = Registry("objective")
+ANIMATION_REFUSAL = "--animate shows the reverse diffusion; it needs a non-block diffusion run without --semi-ar"
+
+
+class DiffusionObjective(Objective):
+    """Continuous-time diffusion: E_t E_{x_t | x0} [sum_i l_i(x_t, x0, t)] = negative ELBO."""
+
+    continuous_time = True
+
+    @property
+    def time_separable(self) -> bool:
+        """True if, at a masked position of the absorbing process, the scores of a network that ignores
+        time are s_y(t) = s_y(t') expm1(sbar(t')) / expm1(sbar(t)) -- the time factor of the true ratios
+        p_t(y) / p_t(mask). Then one evaluation fixes a sequence's scores at every t until it changes."""
+        return False
+
+    @property
+    def masked(self) -> bool:
+        """Is this a masked (absorbing) diffusion, whose positions can be unmasked in a chosen order?"""
+        return isinstance(self.process, Absorbing)
+
+    def loss(self, net, x0, t=None, generator=None, t_min=1e-3):
+        B = x0.shape[0]
+        if t is None:
+            t = stratified_times(B, t_min, generator, x0.device)
+        sbar = self.schedule.total(t)
+        sigma = self.schedule.rate(t)
+        xt = self.process.perturb(x0, sbar[:, None], generator)
+        out = net(xt, sbar).float()
+        return self.position_loss(out, xt, x0, sbar[:, None], sigma[:, None]).sum(-1)
+
+    def position_loss(self, out, xt, x0, sbar, sigma) -> torch.Tensor:
+        """[B, L] per-position integrand; sbar and sigma are [B, 1]."""
+        raise NotImplementedError
+
+    def loss_at_mask_count(
+        self, net, x0: torch.Tensor, k: torch.Tensor | None = None, generator=None, masked: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The absorbing NELBO in its discrete form, for a network that ignores time:
+
+            NELBO = E_{k ~ U{1..L}} E_{M: k random positions masked} [ (L / k) sum_{i in M} f_i ],
+
+        because int_0^1 (1/t) Binomial(k; L, t) dt = 1/k. Its weights are bounded by L, unlike the
+        1/t of the time form, whose variance diverges (logarithmically) near t = 0. When the network
+        ignores time, the integrand depends on t only through the weight sigma / expm1(sbar) (the log
+        expm1(sbar) terms cancel), so any (sbar, sigma) with that ratio equal to L / k gives the same
+        value; sbar = log 2 keeps every term finite, k = L included.
+        """
+        if not self.masked:
+            raise ValueError("the mask-count form of the bound holds for the absorbing process only")
+        B, L = x0.shape
+        if masked is None:  # k positions chosen uniformly at random in each row
+            ranks = torch.rand(B, L, generator=generator, device=x0.device).argsort(-1).argsort(-1)
+            masked = ranks < k[:, None]
+        k = masked.sum(-1)
+        xt = torch.where(masked, self.process.mask_id, x0)
+        sbar = torch.full((B,), math.log(2.0), device=x0.device)  # expm1(sbar) = 1
+        sigma = L / k.float()
+        out = net(xt, sbar).float()
+        return self.position_loss(out, xt, x0, sbar[:, None], sigma[:, None]).sum(-1)
+
+    def log_score(self, out: torch.Tensor, xt: torch.Tensor, sbar: torch.Tensor) -> torch.Tensor:
+        """log s_y for the V real tokens, [B, L, V]; sbar broadcasts as [B, 1, 1]."""
+        raise NotImplementedError
+
+    def for_evaluation(self) -> Objective:
+        """For the absorbing process, the same objective under the eps = 0 log-linear schedule: the masking
+        probability then runs over all of (0, 1), so no prior or reconstruction term is left out. With a
+        time-independent network this is the bound it was trained on (the absorbing NELBO does not depend
+        on the schedule, MDLM)."""
+        if not self.masked:
+            return self
+        bound = copy.copy(self)  # a copy keeps the objective's own options (e.g. bd3lm's block size)
+        bound.schedule = LogLinear(eps=0.0)
+        return bound
+
+    def bound_at(self, net, x0, u, generator=None):
+        """The mask-count form at k = floor(u L) + 1 (stratified over 1..L) when the process is absorbing
+        and the network ignores time; the time form at t = u otherwise."""
+        if self.masked and not getattr(net, "time_conditioned", True):
+            k = (u * x0.shape[1]).floor().long() + 1
+            return self.loss_at_mask_count(net, x0, k, generator=generator)
+        return super().bound_at(net, x0, u, generator)
+
+    def sample(self, net, batch, length, spec, *, clamp=None, clamp_values=None, generator=None, device="cpu"):
+        """The reverse process from t = 1 (`sampling.generate`)."""
+        return generate(
+            net, self, batch, length, spec, clamp=clamp, clamp_values=clamp_values, generator=generator, device=device
+        )
+
+    def sampling_refusal(self, spec, animate=False):
+        if spec.order is not None and not self.masked:
+            return "--order and --remask need a masked (absorbing) diffusion run"
+        if animate and spec.semi_ar_length:
+            return ANIMATION_REFUSAL
+        return None

@@ -1,0 +1,56 @@
+"""SEDD: score entropy, absorbing or uniform (Lou et al. 2024)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .base import OBJECTIVES, DiffusionObjective, log_expm1
+
+
+@OBJECTIVES.register
+class ScoreEntropy(DiffusionObjective):
+    """SEDD's denoising score entropy with the constant K(a) = a (log a - 1), so the loss is the NELBO.
+
+    For x_t and each neighbour y one position away, with rho_y = p_t(y | x0) / p_t(x_t | x0):
+        l_i = sigma(t) * sum_{y != x_t,i} Q[x_t,i, y] * [ s_y - rho_y log s_y + K(rho_y) ]
+    Absorbing (Q = 1 from every token into the mask, r = 1 / expm1(sbar) at a masked position):
+        l_i = sigma(t) * [ sum_{y<V} s_y - r log s_{x0_i} + r (log r - 1) ],  0 at unmasked positions.
+    Parameterisation (absorbing): log s_y = o_y - log expm1(sbar) - log V, which makes the optimum
+    o_y = log(V p(x0_i = y | x_t)) independent of t. The ratio of the current token to itself is 1.
+    """
+
+    name = "sedd"
+
+    @property
+    def time_separable(self) -> bool:
+        return self.masked
+
+    def log_score(self, out, xt, sbar):
+        if self.masked:
+            return out - log_expm1(sbar) - math.log(self.vocab_size)
+        # Uniform: the network's output is the log score, with the current token's entry fixed at 0.
+        return out.scatter(-1, xt[..., None], 0.0)
+
+    def position_loss(self, out, xt, x0, sbar, sigma):
+        log_s = self.log_score(out, xt, sbar[..., None])
+        if self.masked:
+            masked = xt == self.process.mask_id
+            r = 1.0 / torch.expm1(sbar)
+            positive = torch.logsumexp(log_s, dim=-1).exp()
+            negative = r * log_s.gather(-1, x0[..., None]).squeeze(-1)
+            constant = r * (torch.log(r) - 1)
+            return torch.where(masked, sigma * (positive - negative + constant), 0.0)
+        return self._uniform_position_loss(log_s, xt, x0, sbar, sigma)
+
+    def _uniform_position_loss(self, log_s, xt, x0, sbar, sigma):
+        V = self.vocab_size
+        a = -torch.expm1(-sbar) / V  # p_t(y | x0) for y != x0
+        b = torch.exp(-sbar) + a  # p_t(x0 | x0)
+        same = (xt == x0)[..., None]
+        rho = torch.where(same, (a / b)[..., None], torch.ones_like(log_s))
+        rho = torch.where(~same & (torch.arange(V, device=xt.device) == x0[..., None]), (b / a)[..., None], rho)
+        terms = log_s.exp() - rho * log_s + rho * (torch.log(rho) - 1)
+        terms = terms.scatter(-1, xt[..., None], 0.0)  # y ranges over the neighbours y != x_t
+        return sigma * terms.sum(-1) / V

@@ -1,0 +1,149 @@
+"""Every picture ddlm draws: loss curves, the bench's scaling plot, sample composition, the denoising GIF.
+
+matplotlib is imported inside each function with the Agg backend, so importing this module costs
+nothing and no function needs a display.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data.proteins import RESIDUES
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_losses(metrics_path: Path, out: Path) -> None:
+    """PNG of the training and held-out bits per token against step."""
+    plt = _pyplot()
+    train, held = [], []
+    if not metrics_path.is_file():  # a run shorter than one logging interval
+        return
+    for line in metrics_path.read_text().splitlines():
+        rec = json.loads(line)
+        if "train_bits_per_token" in rec:
+            train.append((rec["step"], rec["train_bits_per_token"]))
+        if "heldout_bits_per_token" in rec:
+            held.append((rec["step"], rec["heldout_bits_per_token"]))
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train (one time sample per sequence)", alpha=0.7)
+    if held:
+        ax.plot(*zip(*held, strict=True), "o-", label="held-out (EMA weights)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("bound, bits per token")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def plot_scaling(by_length: list[dict], by_batch: list[dict], out: Path, batch_length: int, steps: int) -> None:
+    """Two log-log panels of microseconds per token: training and cached sampling, vs length and vs batch."""
+    plt = _pyplot()
+    from matplotlib.ticker import NullLocator
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
+    for ax, points, key, xlabel in (
+        (axes[0], by_length, "length", "sequence length (batch reduced for long sequences)"),
+        (axes[1], by_batch, "batch", f"batch size (length {batch_length})"),
+    ):
+        x = [p[key] for p in points]
+        ax.plot(x, [1e6 / p["train"]["tokens_per_s"] for p in points], "o-", label="training step")
+        ax.plot(x, [1e6 / p["sampling"]["tokens_per_s"] for p in points], "s-", label=f"{steps}-step cached sampling")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(x, labels=[str(v) for v in x])  # the measured points, as plain numbers
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("microseconds per token (trained or generated)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def composition_plot(samples: list[str], natural: list[str]):
+    """Residue composition and length histograms of samples beside held-out natural sequences."""
+    plt = _pyplot()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.2))
+    x = np.arange(len(RESIDUES))
+    for k, (name, seqs) in enumerate([("samples", samples), ("held-out natural", natural)]):
+        text = "".join(seqs)
+        freq = np.array([text.count(a) for a in RESIDUES], dtype=float) / max(len(text), 1)
+        ax1.bar(x + (k - 0.5) * 0.4, freq, width=0.4, label=name)
+        ax2.hist([len(s) for s in seqs], bins=30, alpha=0.6, density=True, label=name)
+    ax1.set_xticks(x, list(RESIDUES))
+    ax1.set_title("amino-acid composition")
+    ax1.legend()
+    ax2.set_title("length")
+    ax2.legend()
+    return fig
+
+
+# Residue classes (hydrophobic, aromatic, polar, positive, negative, special) get related colours, so the
+# animation shows structure forming, not just noise turning into letters.
+RESIDUE_GROUPS = {
+    "AVILM": (0.95, 0.65, 0.15),
+    "FWY": (0.80, 0.45, 0.05),
+    "STNQ": (0.30, 0.70, 0.35),
+    "KRH": (0.20, 0.45, 0.85),
+    "DE": (0.85, 0.20, 0.25),
+    "CGP": (0.60, 0.40, 0.75),
+    "X": (0.5, 0.5, 0.5),
+}
+
+
+def colour_table(alphabet: str, vocab_size: int) -> np.ndarray:
+    """RGB for each token id, then the mask (index vocab_size) in light grey; markers and padding dark."""
+    table = np.full((vocab_size + 1, 3), 0.15)
+    cmap = np.random.default_rng(0).uniform(0.2, 0.9, size=(vocab_size, 3))  # any other alphabet
+    for i, c in enumerate(alphabet):
+        table[i] = next((rgb for group, rgb in RESIDUE_GROUPS.items() if c in group), cmap[i])
+    table[vocab_size] = (0.88, 0.88, 0.88)
+    return table
+
+
+def denoising_gif(
+    history: list[torch.Tensor], out: Path, alphabet: str, vocab_size: int, max_frames: int = 120
+) -> Path:
+    """history: the [B, L] states after each step. Frames where nothing changed are skipped."""
+    plt = _pyplot()
+    from matplotlib.animation import FuncAnimation, PillowWriter
+
+    frames = [history[0]] + [h for prev, h in zip(history, history[1:], strict=False) if not torch.equal(prev, h)]
+    if len(frames) > max_frames:  # keep first and last, thin the middle evenly
+        keep = np.unique(np.linspace(0, len(frames) - 1, max_frames).round().astype(int))
+        frames = [frames[i] for i in keep]
+    table = colour_table(alphabet, vocab_size)
+    B, L = frames[0].shape
+    fig, ax = plt.subplots(figsize=(min(12, 2 + L / 12), 1 + B * 0.35), dpi=90)
+    image = ax.imshow(table[frames[0].numpy()], aspect="auto", interpolation="nearest")
+    ax.set_xlabel("position")
+    ax.set_ylabel("sample")
+    title = ax.set_title("")
+
+    def update(k):
+        image.set_data(table[frames[k].numpy()])
+        masked = (frames[k] == vocab_size).float().mean().item()
+        title.set_text(f"frame {k + 1}/{len(frames)}: {masked:.0%} masked")
+        return image, title
+
+    anim = FuncAnimation(fig, update, frames=len(frames), blit=False)
+    anim.save(out, writer=PillowWriter(fps=12))
+    plt.close(fig)
+    return out
