@@ -110,3 +110,63 @@ class ExactARNet(torch.nn.Module):
             probs = w @ nxt
             out[:, i] = torch.log(probs / probs.sum(-1, keepdim=True))
         return out
+
+
+class RecordToy:
+    """Variable-length records with start/end markers, as proteins are: every string of 1..max_n letters
+    over `letters`, with fixed random probabilities. Encoded by ddlm's CharTokenizer in a window of
+    max_n + 2 positions: [BOS, r_1 .. r_n, EOS, PAD ...]; letters are tokens 0..R-1, then BOS, EOS, PAD."""
+
+    def __init__(self, letters: str = "AB", max_n: int = 3, seed: int = 0):
+        from ddlm.data.tokenizers import CharTokenizer
+
+        self.tok = CharTokenizer(letters, markers=True)
+        self.R, self.V, self.L, self.max_n = len(letters), self.tok.vocab_size, max_n + 2, max_n
+        self.records = ["".join(r) for n in range(1, max_n + 1) for r in itertools.product(letters, repeat=n)]
+        self.ids = self.tok.encode_padded(self.records, self.L)  # [N, L]
+        self.lengths = torch.tensor([len(r) for r in self.records])
+        g = torch.Generator().manual_seed(seed)
+        e = -torch.log(torch.rand(len(self.records), generator=g, dtype=torch.float64))
+        self.p = (e / e.sum() + 0.01) / (e / e.sum() + 0.01).sum()
+
+    def p_length(self) -> torch.Tensor:
+        """[max_n] p(n = 1 .. max_n)."""
+        return torch.stack([self.p[self.lengths == n].sum() for n in range(1, self.max_n + 1)])
+
+    def index(self, ids: torch.Tensor) -> torch.Tensor:
+        """The record index of each row of ids (any window width >= n + 2; padding beyond ignored)."""
+        width = min(ids.shape[1], self.L)
+        match = (ids[:, None, :width] == self.ids[None, :, :width]).all(-1)
+        return match.double().argmax(-1)
+
+    def conditionals(self, xt: torch.Tensor, mask_id: int, blind: bool = False) -> torch.Tensor:
+        """[B, L', V] p(x0_i = y | the record's length and its unmasked letters) for letters y; 0 elsewhere.
+        The length is where the end marker stands. `blind`: ignore the unmasked letters (a wrong model)."""
+        B, width = xt.shape
+        ids = self.ids[:, :width]
+        n = (xt == self.tok.eos_id).double().argmax(-1) - 1  # [B]
+        same_length = self.lengths[None, :] == n[:, None]  # [B, N]
+        seen = (xt[:, None, :] == ids[None]) | (xt[:, None, :] == mask_id) | (xt[:, None, :] >= self.R)
+        consistent = same_length & (True if blind else seen.all(-1))
+        w = consistent * self.p[None]  # [B, N]
+        onehot = torch.nn.functional.one_hot(ids.clamp(max=self.V - 1), self.V).double()  # [N, L', V]
+        onehot[..., self.R :] = 0.0
+        post = torch.einsum("bn,nlv->blv", w, onehot)
+        return post / post.sum(-1, keepdim=True).clamp(min=1e-300)
+
+
+class ExactRecordNet(torch.nn.Module):
+    """The exact optimum of an absorbing objective on RecordToy with support R: o_y = log(scale * p(y | ..))
+    at letters y, and the exact length head log p(n)."""
+
+    time_conditioned = False
+
+    def __init__(self, toy: RecordToy, mask_id: int, scale: float, blind: bool = False):
+        super().__init__()
+        self.toy, self.mask_id, self.log_scale, self.blind = toy, mask_id, math.log(scale), blind
+
+    def length_log_probs(self) -> torch.Tensor:
+        return torch.log(self.toy.p_length())
+
+    def forward(self, xt, sbar=None):
+        return torch.log(self.toy.conditionals(xt, self.mask_id, self.blind).clamp(min=1e-300)) + self.log_scale

@@ -53,9 +53,18 @@ class TrainConfig:
         return cls(**{**record, "betas": tuple(record.get("betas", cls.betas))})
 
 
-def option_owners() -> dict[str, type[Objective]]:
-    """Every objective-specific flag and the objective that owns it."""
-    return {option.flag: cls for cls in OBJECTIVES.values() for option in cls.options}
+def option_owners() -> dict[str, list[type[Objective]]]:
+    """Every objective-specific flag and the objectives that take it."""
+    owners: dict[str, list[type[Objective]]] = {}
+    for cls in OBJECTIVES.values():
+        for option in cls.options:
+            owners.setdefault(option.flag, []).append(cls)
+    return owners
+
+
+def option_dest(flag: str) -> str:
+    """The argparse attribute of a flag: --train-form -> train_form."""
+    return flag.lstrip("-").replace("-", "_")
 
 
 @dataclass
@@ -74,6 +83,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     tokenizer: dict | None = None
     vocab_size: int | None = None
+    support: int | None = None  # tokens the process moves (a record's residues); None: all of them
     net: NetConfig | None = None
     # objective-specific flags the user gave, of any objective (not saved: a saved run has only its own)
     flags_given: dict[str, Any] = field(default_factory=dict)
@@ -90,10 +100,11 @@ class RunConfig:
     def validate(self) -> RunConfig:
         """Raise a UserError naming the flags for the first rule this configuration breaks."""
         owners = option_owners()
-        for owner in {owners[flag] for flag in self.flags_given} - {self.objective_class}:
-            flags = [flag for flag in self.flags_given if owners[flag] is owner]
-            verb = "applies" if len(flags) == 1 else "apply"
-            raise UserError(f"{' and '.join(flags)} {verb} to --objective {owner.name} only")
+        foreign = [flag for flag in self.flags_given if self.objective_class not in owners[flag]]
+        if foreign:
+            takers = sorted({cls.name for flag in foreign for cls in owners[flag]})
+            verb = "applies" if len(foreign) == 1 else "apply"
+            raise UserError(f"{' and '.join(foreign)} {verb} to --objective {' or '.join(takers)} only")
         reason = self.objective_class.refuse(self)
         if reason is not None:
             raise UserError(reason)
@@ -105,7 +116,7 @@ class RunConfig:
         """The configuration `ddlm train`'s flags describe (argparse namespace `args`), data not yet read."""
         objective = OBJECTIVES[args.objective]
         owners = option_owners()
-        given = {f: v for f in owners if (v := getattr(args, f.lstrip("-").replace("-", "_"))) is not None}
+        given = {f: v for f in owners if (v := getattr(args, option_dest(f))) is not None}
         options = {o.keyword: given.get(o.flag, o.default) for o in objective.options}
         train = TrainConfig(seed=args.seed, precision=args.precision)
         train = replace(train, **{k: getattr(args, k) for k in TrainConfig.FLAGS if getattr(args, k) is not None})
@@ -132,6 +143,9 @@ class RunConfig:
             vocab_size=tokenizer.vocab_size,
             schedule=self.objective_class.schedule_config(self.process, name),
         )
+        layout = domain.record_layout(tokenizer) if self.objective_class.models_length else None
+        if layout is not None:  # p(x) = p(n) p(residues | n): the markers and padding are context
+            complete.support = layout["support"]
         objective = complete.build_objective()
         vocab_in, vocab_out = objective.net_vocab
         time_conditioning = self.time_conditioning
@@ -146,12 +160,15 @@ class RunConfig:
             dropout=self.dropout,
             layout=domain.layout,
             positions=domain.positions,
+            pad_id=layout and layout["pad_id"],
+            length_classes=layout["length_classes"] if layout else 0,
+            self_conditioning=bool(self.objective_options.get("self_conditioning")),
             **PRESETS[self.preset],
         )
         return complete.validate()
 
     def build_objective(self) -> Objective:
-        process = PROCESSES[self.process](self.vocab_size)
+        process = PROCESSES[self.process](self.vocab_size, self.support)
         return self.objective_class(process, schedule_from_config(self.schedule), **self.objective_options)
 
     # --- RUN/config.json ---------------------------------------------------------------------------
@@ -161,6 +178,7 @@ class RunConfig:
             "data": self.data,
             "tokenizer": self.tokenizer,
             "vocab_size": self.vocab_size,
+            "support": self.support,
             "objective": self.objective,
             "process": self.process,
             "schedule": self.schedule,
@@ -185,6 +203,7 @@ class RunConfig:
             train=TrainConfig.from_dict(record["train"]),
             tokenizer=record["tokenizer"],
             vocab_size=record["vocab_size"],
+            support=record.get("support"),  # runs before length-aware modelling have none
             net=net,
         )
 

@@ -163,7 +163,9 @@ class LocalRows:
         self.net, self.rows = net, rows
 
     def __call__(self, x: torch.Tensor, sbar: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
-        # kwargs (attention mask, position ids) are the same for every row
+        # kwargs (attention mask, position ids) are the same for every row, but for a per-row estimate
+        if kwargs.get("x0_estimate") is not None:
+            kwargs["x0_estimate"] = kwargs["x0_estimate"][self.rows]
         out = self.net(x[self.rows], None if sbar is None else sbar[self.rows], **kwargs)
         B = x.shape[0]
         before = out.new_zeros((self.rows.start, *out.shape[1:]))

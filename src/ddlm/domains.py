@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +21,10 @@ from .data import proteins
 from .data.fasta import write_fasta
 from .data.tokenizers import CharTokenizer
 from .errors import UserError
+from .infill import Template, parse_template
 from .registry import Registry
 from .rundir import CONFIG, PROTEIN_SPLIT, read_json
+from .sampling import SampleSpec, draw_lengths
 
 
 class Domain:
@@ -67,7 +70,7 @@ class Domain:
         out = [tok.decode(row) for row in ids]
         return [t for t, _ in out], [v for _, v in out]
 
-    def template(self, template: str):
+    def template(self, text: str):
         raise UserError(f"--template: infilling is not supported for {self.name} runs")
 
     def write_samples(self, stem: Path, texts: list[str], valid: list[bool]) -> Path:
@@ -82,6 +85,24 @@ class Domain:
 
     def describe(self, info: dict) -> str:
         return ", ".join(f"{k} {v}" for k, v in info.items() if isinstance(v, int))
+
+    def record_layout(self, tokenizer) -> dict | None:
+        """For records whose length a model learns apart from their content (p(x) = p(n) p(residues | n)):
+        the process's support (the residue tokens; the markers are context), the padding id attention
+        skips, and the number of lengths the length head covers. None when the data has no such records."""
+        return None
+
+    def frame(self, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[n, L] clamp and values of records with these residue counts: the markers and padding held,
+        the residue positions free."""
+        raise UserError(f"--length: {self.name} runs have no records of chosen length")
+
+    def framed(self, spec: SampleSpec, net, n: int, seed: int, lengths: tuple[int, int] | None = None) -> SampleSpec:
+        """The spec for n fresh samples: unchanged, unless the records' length is chosen first (see
+        ProteinDomain.framed); `lengths` is the user's (min, max) residue range."""
+        if lengths is not None:
+            raise UserError(f"--length: {self.name} runs have no records of chosen length (see --semi-ar for text)")
+        return spec
 
     def per_token_extras(self, bits_per_token: float) -> dict:
         """What a held-out figure in bits per token means in this data's own units (text: per character)."""
@@ -112,6 +133,7 @@ class ProteinDomain(Domain):
             "max_residues": args.max_len,
             "heldout_fraction": args.heldout_fraction,
             "skip_invalid": args.skip_invalid,
+            "length_model": not args.fixed_window,
         }
 
     @property
@@ -124,6 +146,45 @@ class ProteinDomain(Domain):
 
     def tokenizer(self) -> CharTokenizer:
         return CharTokenizer(proteins.RESIDUES, markers=True)
+
+    def record_layout(self, tokenizer):
+        """Runs since length-aware modelling: the residues move, the markers and padding are context
+        (runs before it, or with --fixed-window, model the padded window as one sequence)."""
+        if not self.cfg.get("length_model", False):
+            return None
+        return {"support": len(tokenizer.alphabet), "pad_id": tokenizer.pad_id, "length_classes": self.max_residues}
+
+    def framed(self, spec, net, n, seed, lengths=None):
+        """Draw each sample's length, then hold its frame (markers and padding) so that the sampler fills
+        exactly n residues: every sample is well formed by construction. A length-aware model draws n from
+        its own p(n), renormalised to `lengths` (min, max); a model without a length head (a fixed
+        window, AR) takes one given length, its free positions restricted to residues. A template
+        (spec.clamp) has already fixed the frame."""
+        if spec.clamp is not None:
+            return spec
+        low, high = lengths or (1, self.max_residues)
+        if not 1 <= low <= high <= self.max_residues:
+            raise UserError(f"--length {low}:{high}: this model holds 1 to {self.max_residues} residues")
+        log_p = net.length_log_probs() if hasattr(net, "length_log_probs") else None
+        if log_p is not None:
+            chosen = draw_lengths(log_p, n, low, high, torch.Generator().manual_seed(seed))
+            clamp, values = self.frame(chosen)
+            return replace(spec, clamp=clamp, clamp_values=values)
+        if lengths is None:
+            return spec  # a fixed window decides its length by where it puts its end marker
+        if low != high:
+            raise UserError(f"--length {low}:{high}: a range needs a length-aware run (its p(n)); give one length")
+        clamp, values = self.frame(torch.full((n,), low))
+        return replace(spec, clamp=clamp, clamp_values=values, allowed=self.residue_tokens())
+
+    def residue_tokens(self) -> torch.Tensor:
+        """[V] True for the residues: what a free position of a record may become."""
+        allowed = torch.zeros(self.tokenizer().vocab_size, dtype=torch.bool)
+        allowed[: len(proteins.RESIDUES)] = True
+        return allowed
+
+    def frame(self, lengths):
+        return self.tokenizer().frame(lengths, self.length)
 
     def _load(self) -> proteins.ProteinData:
         return proteins.load_proteins(
@@ -170,29 +231,26 @@ class ProteinDomain(Domain):
             f"({info['duplicates_removed']} duplicates removed, {info['skipped_invalid']} invalid skipped)"
         )
 
-    def template(self, template: str):
-        """Clamp mask, values and allowed tokens for a residue template with '_' at each free position.
-        Markers and padding are clamped too, and free positions may only become residues, so the
-        infilled protein has exactly the template's length."""
-        if not template:
-            raise UserError("--template: empty; give residues with '_' at each position to fill, e.g. M__KV_")
-        if len(template) > self.max_residues:
-            raise UserError(f"--template: {len(template)} positions, but this model holds at most {self.max_residues}")
-        alphabet = set(proteins.RESIDUES)
-        for i, c in enumerate(template):
-            if c != "_" and c not in alphabet:
-                raise UserError(
-                    f"--template: {c!r} at position {i + 1} is neither a residue ({proteins.RESIDUES}) nor '_'"
-                )
+    def template(self, text: str) -> Template:
+        """A residue template: '_' one free residue, '_{a,b}' a gap of a to b residues (see infill.py)."""
+        template = parse_template(text, proteins.RESIDUES)
+        if not template.gaps or all(g.low == g.high for g in template.gaps):
+            n = len(template.layout(tuple(g.low for g in template.gaps)))
+            if n > self.max_residues:
+                raise UserError(f"--template: {n} positions, but this model holds at most {self.max_residues}")
+        return template
+
+    def template_frames(self, template: Template, arrangements: list[tuple[int, ...]]):
+        """[A, L] clamp and values, one row per arrangement of the gaps: markers, padding and given residues
+        held, gap positions free (and allowed only residues)."""
         tok = self.tokenizer()
-        values = tok.encode_padded([template.replace("_", "A")], self.length)[0]
-        clamp = torch.ones(self.length, dtype=torch.bool)
-        for i, c in enumerate(template):
-            if c == "_":
-                clamp[i + 1] = False
-        allowed = torch.zeros(tok.vocab_size, dtype=torch.bool)
-        allowed[: len(proteins.RESIDUES)] = True
-        return clamp, values, allowed
+        layouts = [template.layout(a) for a in arrangements]
+        values = tok.encode_padded([t.replace("_", "A") for t in layouts], self.length)
+        clamp = torch.ones_like(values, dtype=torch.bool)
+        for row, layout in enumerate(layouts):
+            free = [i + 1 for i, c in enumerate(layout) if c == "_"]
+            clamp[row, free] = False
+        return clamp, values
 
 
 @DOMAINS.register

@@ -34,6 +34,9 @@ class NetConfig:
     # "sinusoidal": added to the input (the seed's design); "rotary": rotary embeddings in attention
     # (SEDD and MDLM's backbones), which make relative offsets easy to learn
     positions: str = "sinusoidal"
+    pad_id: int | None = None  # an input id that attention never sees (a record's padding)
+    length_classes: int = 0  # > 0: a length head, p(n) for n = 1 .. length_classes
+    self_conditioning: bool = False  # the input may carry the network's own estimate of x0 [B, L, vocab_out]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -159,6 +162,12 @@ class Transformer(nn.Module):
             self.time_mlp = nn.Sequential(
                 nn.Linear(cfg.d_model, cfg.d_model), nn.SiLU(), nn.Linear(cfg.d_model, cfg.d_model)
             )
+        if cfg.self_conditioning:
+            # a zero map at first: the network starts as if it had no estimate (analog bits, CDCD)
+            self.estimate_embed = nn.Linear(cfg.vocab_out, cfg.d_model, bias=False)
+        if cfg.length_classes:
+            # p(n) of a record's length, learned with the rest of the model: p(x) = p(n) p(residues | n)
+            self.length_logits = nn.Parameter(torch.zeros(cfg.length_classes))
         self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.n_layers))
         self._register_load_state_dict_pre_hook(rename_old_keys)
         self.ln_f = nn.LayerNorm(cfg.d_model)
@@ -170,6 +179,8 @@ class Transformer(nn.Module):
             self.positions.zero_()
             nn.init.normal_(self.embed.weight, std=1.0)
             nn.init.normal_(self.unit_embed.weight, std=1.0)
+        if cfg.self_conditioning:
+            nn.init.zeros_(self.estimate_embed.weight)
         # A zero head starts every objective at its uninformed point (uniform scores / probabilities).
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
@@ -187,6 +198,12 @@ class Transformer(nn.Module):
     def time_conditioned(self) -> bool:
         return self.cfg.time_conditioning
 
+    def length_log_probs(self) -> torch.Tensor | None:
+        """log p(n) for n = 1 .. length_classes (index n - 1), in float32; None without a length head."""
+        if not self.cfg.length_classes:
+            return None
+        return torch.log_softmax(self.length_logits.float(), dim=-1)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -196,11 +213,17 @@ class Transformer(nn.Module):
         *,
         attn_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        x0_estimate: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`attn_mask` (bool [L, L], True = may attend) replaces full (or causal) attention, and
         `position_ids` (long [L], each < max_len) replace the positions start..start+L-1 in every
-        position table; block diffusion feeds [x_t ; x_0] with positions [0..L-1, 0..L-1]."""
+        position table; block diffusion feeds [x_t ; x_0] with positions [0..L-1, 0..L-1]. Keys holding
+        the padding id (`cfg.pad_id`) are never attended to. `x0_estimate` ([B, L, vocab_out]
+        probabilities) is the network's own previous estimate of x0, for a self-conditioned network."""
         L = x.shape[1]
+        if self.cfg.pad_id is not None and (x == self.cfg.pad_id).any():
+            keys = (x != self.cfg.pad_id)[:, None, None, :]  # [B, 1, 1, L]: a query sees the record only
+            attn_mask = keys if attn_mask is None else attn_mask & keys
         # a slice when no ids are given, so the default path indexes exactly as before
         pos = slice(start, start + L) if position_ids is None else position_ids
         h = self.embed(x) + self.positions[pos].to(self.embed.weight.dtype)
@@ -208,6 +231,8 @@ class Transformer(nn.Module):
             h = h + self.position_embed.weight[pos]
         if self.cfg.layout == "sudoku":
             h = h + self.unit_embed(self.units[pos]).sum(-2)
+        if self.cfg.self_conditioning and x0_estimate is not None:
+            h = h + self.estimate_embed(x0_estimate.to(h.dtype))
         if self.cfg.time_conditioning:
             # log(sbar) spreads the noise levels of every schedule over a useful range of frequencies
             # (clamped: D3PM's last absorbing step sits at sbar = inf)

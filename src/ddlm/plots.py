@@ -44,7 +44,8 @@ def plot_losses(metrics_path: Path, out: Path) -> None:
     ax.set_xlabel("step")
     ax.set_ylabel("bound, bits per token")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if train or held:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
@@ -147,3 +148,28 @@ def denoising_gif(
     anim.save(out, writer=PillowWriter(fps=12))
     plt.close(fig)
     return out
+
+
+def frontier_plot(points: list[dict], out: Path, n: int, steps: int) -> None:
+    """Family-hit rate (profile HMM) against novelty (1 - identity to the nearest training sequence),
+    one colour per run, each point a decoding setting; natural held-out sequences as a star."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
+    runs = list(dict.fromkeys(p["run"] for p in points))
+    for i, run in enumerate(runs):
+        mine = [p for p in points if p["run"] == run]
+        x, y = [p["novelty"] for p in mine], [p["hmm_hit_fraction"] for p in mine]
+        natural = run == "natural held-out"
+        ax.scatter(x, y, s=140 if natural else 36, marker="*" if natural else "o", label=run, color=f"C{i}")
+        for p in mine:
+            ax.annotate(p["setting"], (p["novelty"], p["hmm_hit_fraction"]), fontsize=7, alpha=0.8,
+                        xytext=(3, 3), textcoords="offset points")  # fmt: skip
+    ax.set_xlabel("novelty: 1 - mean identity to the nearest training sequence")
+    ax.set_ylabel("family-hit rate (profile HMM, E < 1e-5)")
+    ax.set_title(f"{n} samples per point, {steps} steps")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)

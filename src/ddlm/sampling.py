@@ -112,8 +112,29 @@ class SampleSpec:
     clamp: torch.Tensor | None = None  # [L] bool, the same for every sequence, or [n, L], one per sequence
     clamp_values: torch.Tensor | None = None  # [L] or [n, L]
     allowed: torch.Tensor | None = None  # [V] bool: the tokens a free position may become
+    temperature: float = 1.0  # < 1 sharpens the choice of token at each position
+    top_p: float = 1.0  # < 1 keeps only the nucleus: the likeliest tokens holding this much of the mass
     semi_ar_length: int | None = None  # grow past the window to this many tokens
     batch_size: int = 64
+
+    def shape(self, s: torch.Tensor) -> torch.Tensor:
+        """The scores [..., V] as this spec samples them: the tokens not allowed at zero, then each
+        position's distribution over tokens p_y = s_y / sum(s) raised to 1/temperature and cut to its
+        top-p nucleus, renormalised, times the same sum(s). The sum is each position's total rate of
+        change, so the controls change which token a position becomes, never when it changes."""
+        if self.allowed is not None:
+            s = s * self.allowed.to(s)
+        if self.temperature == 1.0 and self.top_p >= 1.0:
+            return s
+        total = s.sum(-1, keepdim=True)
+        log_p = torch.log(s.clamp(min=1e-30)) / self.temperature
+        p = torch.softmax(torch.where(s > 0, log_p, -torch.inf), dim=-1)
+        if self.top_p < 1.0:
+            ranked, order = p.sort(-1, descending=True)
+            outside = (ranked.cumsum(-1) - ranked) >= self.top_p  # the mass before a token already reaches top_p
+            p = p.masked_fill(outside.scatter(-1, order, outside), 0.0)
+            p = p / p.sum(-1, keepdim=True)
+        return torch.nan_to_num(p) * total
 
 
 def reverse_times(schedule: Schedule, steps: int, t_end: float) -> list[float]:
@@ -157,9 +178,9 @@ def generate(
     times = reverse_times(objective.schedule, spec.steps, t_end)
     cache_ok = spec.use_cache and not net.time_conditioned
     if cache_ok and spec.order is None and objective.time_separable and not keep_history:
-        tokens, nfe = generate_clocked(net, objective, spec.rule, x, free, times, spec.allowed, generator, progress)
+        tokens, nfe = generate_clocked(net, objective, spec, x, free, times, generator, progress)
         return SampleResult(tokens=tokens, nfe=nfe)
-    scores = CachedScores(net, objective, x.shape, spec.allowed, cache_ok, device)
+    scores = CachedScores(net, objective, x.shape, spec, cache_ok, device)
     history = [x.clone()] if keep_history else None
     committed_score = torch.full(x.shape, torch.inf, device=device) if spec.order and spec.order.remask else None
     for i in range(spec.steps + 1):
@@ -192,27 +213,47 @@ class CachedScores:
     evaluated. `nfe` counts the evaluations each sequence received.
     """
 
-    def __init__(self, net, objective, shape: tuple[int, int], allowed, cache: bool, device):
-        self.net, self.objective, self.allowed, self.cache = net, objective, allowed, cache
+    def __init__(self, net, objective, shape: tuple[int, int], spec: SampleSpec, cache: bool, device):
+        self.net, self.objective, self.spec, self.cache = net, objective, spec, cache
         batch, length = shape
         self.out = torch.zeros(batch, length, objective.vocab_size, device=device)
         self.fresh = torch.zeros(batch, dtype=torch.bool, device=device)  # out[b] is valid for the current x[b]
         self.nfe = torch.zeros(batch, dtype=torch.long, device=device)
+        self.estimates = SelfConditioning(objective, shape, device)
 
     def __call__(self, x: torch.Tensor, t: float, active: torch.Tensor) -> torch.Tensor:
         sbar = self.objective.schedule.total(torch.tensor(t, dtype=torch.float64)).float().to(x.device)
         need = active & ~self.fresh if self.cache else active
         if need.any():
             idx = need.nonzero().squeeze(-1)
-            self.out[idx] = self.net(x[idx], sbar.expand(len(idx))).float()
+            self.out[idx] = self.estimates.evaluate(self.net, x[idx], sbar.expand(len(idx)), idx)
             self.nfe[idx] += 1
             self.fresh[idx] = True
         s = self.objective.log_score(self.out, x, sbar).exp()
-        return s if self.allowed is None else s * self.allowed.to(s)
+        return self.spec.shape(s)
 
     def forget(self, changed: torch.Tensor) -> None:
         """The sequences in `changed` [B] moved: their outputs are stale."""
         self.fresh &= ~changed
+
+
+class SelfConditioning:
+    """Each sequence's last estimate of x0, fed to its next evaluation (zero before the first), for a
+    self-conditioned objective; for any other, evaluation is just the network."""
+
+    def __init__(self, objective, shape: tuple[int, int], device):
+        self.objective = objective
+        self.last = None
+        if getattr(objective, "self_conditioning", False):
+            self.last = torch.zeros(*shape, objective.vocab_size, device=device)
+
+    def evaluate(self, net, x: torch.Tensor, sbar: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The network's output (float32) for the sequences `rows`, whose states are x."""
+        if self.last is None:
+            return net(x, sbar).float()
+        out = self.objective.network(net, x, sbar, self.last[rows])
+        self.last[rows] = self.objective.estimate(out, x)
+        return out
 
 
 def step_probs(objective, rule: StepRule, x, s, t: float, t_next: float) -> torch.Tensor:
@@ -223,7 +264,7 @@ def step_probs(objective, rule: StepRule, x, s, t: float, t_next: float) -> torc
 
 
 def generate_clocked(
-    net, objective, rule: StepRule, x, free, times: list[float], allowed, generator, progress=None
+    net, objective, spec: SampleSpec, x, free, times: list[float], generator, progress=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The cached reverse process with one clock per sequence (absorbing process, time-separable scores).
 
@@ -241,10 +282,11 @@ def generate_clocked(
     t = torch.tensor(times, dtype=torch.float64)
     sbar = schedule.total(t)
     weight = torch.full((steps + 1,), torch.inf, dtype=torch.float64)  # the last step (to t = 0) takes all
-    weight[:steps] = rule.unmask_weight(schedule, t[:-1], t[1:]) / torch.expm1(sbar[:-1])
+    weight[:steps] = spec.rule.unmask_weight(schedule, t[:-1], t[1:]) / torch.expm1(sbar[:-1])
     weight = weight.to(x.device)
     unit_time = torch.tensor(math.log(2.0), device=x.device)  # expm1(sbar) = 1: the time factor is 1
     lookahead = 32  # steps of coins drawn at once; a sequence's next event is usually a few steps away
+    estimates = SelfConditioning(objective, x.shape, x.device)
     clock = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)  # the next step each sequence takes
     nfe = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
     done_steps = 0
@@ -254,9 +296,8 @@ def generate_clocked(
         if len(rows) == 0:
             break
         xs = x[rows]
-        s = objective.log_score(net(xs, unit_time.expand(len(rows))).float(), xs, unit_time).exp()
-        if allowed is not None:
-            s = s * allowed.to(s)
+        s = objective.log_score(estimates.evaluate(net, xs, unit_time.expand(len(rows)), rows), xs, unit_time).exp()
+        s = spec.shape(s)
         nfe[rows] += 1
         rate = s.sum(-1).double() * masked[rows]  # [b, L]; zero where nothing can happen
         hit, waiting = torch.zeros_like(masked[rows]), torch.arange(len(rows), device=x.device)
@@ -328,6 +369,13 @@ def generate_semi_ar(window_sampler, batch: int, total_length: int, window: int,
         tokens = torch.cat([tokens, result.tokens[:, overlap:]], dim=1)
         nfe += result.nfe
     return SampleResult(tokens=tokens[:, :total_length], nfe=nfe)
+
+
+def draw_lengths(log_p: torch.Tensor, count: int, low: int, high: int, generator=None) -> torch.Tensor:
+    """[count] record lengths n ~ p(n) restricted to low <= n <= high and renormalised (log_p[n - 1] = log p(n))."""
+    n = torch.arange(1, len(log_p) + 1)
+    probs = torch.where((n >= low) & (n <= high), log_p.detach().double().cpu().exp(), 0.0)
+    return torch.multinomial(probs, count, replacement=True, generator=generator) + 1
 
 
 def sample_many(net, objective, n: int, length: int, spec: SampleSpec, *, seed: int, device, amp=None, progress=None):

@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from .batches import TensorBatches
 from .checkpoint import Checkpoint, CheckpointDir, load_optimizer, optimizer_tensors
 from .config import TrainConfig
 from .device import autocast, autocast_dtype
 from .distributed import LocalRows, World
-from .errors import UserError
 from .evaluate.likelihood import evaluate_bound
 from .objectives import Objective
 from .plots import plot_losses
@@ -42,32 +42,22 @@ class StopTraining(Exception):
         self.exit_code = exit_code
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g)
+# Adam moves each parameter by about the learning rate per step; the length head's logits must travel
+# several nats from uniform (log 127 = 4.8) to the length distribution, which 1e-3 per step would not
+# finish in a CPU budget (after 1,460 steps its samples were 16 residues short on average). The head is a
+# categorical of its own, so it learns at 50 times the rate.
+LENGTH_HEAD_LR_SCALE = 50.0
 
 
-class TensorBatches:
-    """Batches from a fixed tensor of records: step -> the records that step sees.
-
-    Under data parallelism every rank calls this for the same step and keeps its slice of the rows
-    (`World.rows`): the equivalent of a DistributedSampler whose order is still a pure function of
-    (seed, step), which is what keeps a resumed run exact."""
-
-    def __init__(self, ids: torch.Tensor, batch_size: int, seed: int):
-        if len(ids) < batch_size:
-            raise UserError(f"{len(ids)} training records are fewer than one batch of {batch_size} (see --batch-size)")
-        self.ids, self.batch_size, self.seed = ids, batch_size, seed
-
-    def __call__(self, step: int) -> torch.Tensor:
-        return self.ids[batch_indices(step, len(self.ids), self.batch_size, self.seed)]
-
-
-def batch_indices(step: int, n: int, batch_size: int, seed: int) -> torch.Tensor:
-    """Records seen at `step` (0-based): consecutive slices of per-epoch permutations, last partial batch dropped."""
-    per_epoch = n // batch_size
-    epoch, k = divmod(step, per_epoch)
-    return epoch_order(n, seed, epoch)[k * batch_size : (k + 1) * batch_size]
+def parameter_groups(net: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: matrices decay, vectors do not, and a length head learns faster (LENGTH_HEAD_LR_SCALE)."""
+    decay, no_decay, length = [], [], []
+    for name, p in net.named_parameters():
+        (length if name == "length_logits" else decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if length:
+        groups.append({"params": length, "weight_decay": 0.0, "lr_scale": LENGTH_HEAD_LR_SCALE})
+    return groups
 
 
 class Trainer:
@@ -90,19 +80,19 @@ class Trainer:
         for p in self.ema_net.parameters():
             p.requires_grad_(False)
         # a tensor of records, or any callable step -> batch (an endless generated stream)
-        self.batches = TensorBatches(train_ids, cfg.batch_size, cfg.seed) if torch.is_tensor(train_ids) else train_ids
+        pad_id = getattr(getattr(net, "cfg", None), "pad_id", None)  # padding the network never sees: trim it
+        if torch.is_tensor(train_ids):
+            self.batches = TensorBatches(train_ids, cfg.batch_size, cfg.seed, pad_id, objective.length_multiple)
+        else:
+            self.batches = train_ids
+        # the loss is per position of the full window, a constant scale for the optimiser whatever the trim
+        self.positions = train_ids.shape[1] if torch.is_tensor(train_ids) else None
         # an evenly spaced subset: file order is not random (the first ACYP records are longer than average)
         spread = torch.linspace(0, len(heldout_ids) - 1, min(cfg.eval_sequences, len(heldout_ids))).round().long()
         self.heldout_ids = heldout_ids[spread.unique()]
         self.real_tokens = real_tokens
-        decay, no_decay = [], []
-        for p in self.net.parameters():
-            (decay if p.dim() >= 2 else no_decay).append(p)
         self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr,
-            betas=cfg.betas,
-            fused=device.type == "cuda",
+            parameter_groups(self.net, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, fused=device.type == "cuda"
         )
         # The noise generator has the same seed on every rank: the noise of the global batch is drawn
         # identically everywhere and each rank uses its rows' share (see distributed.py).
@@ -200,7 +190,8 @@ class Trainer:
             return self._train_step_distributed(x0)
         with autocast(self.device, self.amp):
             per_seq = self.objective.training_loss(self.net, x0, generator=self.gen)
-        loss = per_seq.mean() / x0.shape[1]  # nats per position: scale-free for the optimiser
+            per_seq = per_seq + self.objective.length_nll(self.net, x0)
+        loss = per_seq.mean() / (self.positions or x0.shape[1])  # nats per position: scale-free for the optimiser
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip)
@@ -214,8 +205,8 @@ class Trainer:
         the ranks' losses is the single-process loss, so the averaged gradient is its gradient."""
         with autocast(self.device, self.amp):
             per_seq = self.objective.training_loss(LocalRows(self.model, self.rows), x0, generator=self.gen)
-        per_seq = per_seq[self.rows]
-        loss = per_seq.mean() / x0.shape[1]
+            per_seq = (per_seq + self.objective.length_nll(self.net, x0))[self.rows]
+        loss = per_seq.mean() / (self.positions or x0.shape[1])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # DDP averages the gradients over ranks here
         grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip)
@@ -226,7 +217,7 @@ class Trainer:
 
     def _update(self, x0: torch.Tensor, nats: float, grad_norm: torch.Tensor) -> dict:
         for group in self.optimizer.param_groups:
-            group["lr"] = self.lr_at(self.step)
+            group["lr"] = self.lr_at(self.step) * group.get("lr_scale", 1.0)
         self.optimizer.step()
         decay = min(self.cfg.ema, (1 + self.step) / (10 + self.step))
         with torch.no_grad():

@@ -59,6 +59,17 @@ def positive_float(text: str) -> float:
 SEED = number(int, 0, 2**32 - 1)
 
 
+def length_range(text: str) -> tuple[int, int]:
+    """'N' -> (N, N); 'MIN:MAX' -> (MIN, MAX), both at least 1 and MIN <= MAX."""
+    parts = text.split(":")
+    if len(parts) > 2:
+        raise argparse.ArgumentTypeError(f"{text!r} is not N or MIN:MAX")
+    low, high = positive_int(parts[0]), positive_int(parts[-1])
+    if low > high:
+        raise argparse.ArgumentTypeError(f"{text!r}: MIN {low} is greater than MAX {high}")
+    return low, high
+
+
 class Deprecated(argparse.Action):
     """An old spelling of a flag: it still works, as the new one, and says so on stderr."""
 
@@ -105,6 +116,20 @@ def add_sampling_arguments(p: argparse.ArgumentParser, default_n: int) -> None:
     )
     p.add_argument(
         "--order-noise", type=number(float, 0, 1e6), default=0.0, metavar="G", help="Gumbel noise on the ranking"
+    )
+    p.add_argument(
+        "--temperature",
+        type=number(float, 0, 100, low_open=True),
+        default=1.0,
+        metavar="T",
+        help="masked diffusion and AR: sample each token from p^(1/T) (T < 1: likelier tokens, less novelty)",
+    )
+    p.add_argument(
+        "--top-p",
+        type=number(float, 0, 1, low_open=True),
+        default=1.0,
+        metavar="P",
+        help="masked diffusion and AR: sample each token from its nucleus, the likeliest tokens holding mass P",
     )
     p.add_argument(
         "--remask",

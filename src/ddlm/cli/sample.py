@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -14,11 +14,12 @@ from ..data.fasta import write_fasta
 from ..device import autocast, autocast_dtype, pick_device
 from ..domains import Domain, domain_from_config
 from ..errors import UserError
+from ..infill import Template, arrangement_nll, choose_arrangements
 from ..ordering import ORDERS
 from ..plots import denoising_gif
 from ..run import LoadedRun, load_run
-from ..sampling import STEP_RULES, SampleSpec, generate, sample_many
-from .args import add_sampling_arguments, log, positive_int
+from ..sampling import STEP_RULES, SampleSpec, generate, sample_many, spec_clamp
+from .args import add_sampling_arguments, length_range, log
 
 
 @dataclass
@@ -37,8 +38,13 @@ class Session:
         domain = domain_from_config(loaded.config.data, Path(args.run))
         return cls(loaded, domain, device, autocast_dtype(args.precision, device))
 
-    def sample(self, n: int, spec: SampleSpec, seed: int, quiet: bool) -> tuple[torch.Tensor, int, float]:
-        """(ids [n, L], largest nfe, seconds), with a progress bar on stderr."""
+    def sample(
+        self, n: int, spec: SampleSpec, seed: int, quiet: bool, lengths: tuple[int, int] | None = None
+    ) -> tuple[torch.Tensor, int, float]:
+        """(ids [n, L], largest nfe, seconds), with a progress bar on stderr. Records get their length
+        first (the domain's frame; `lengths` the user's range), unless the spec grows text past the window."""
+        if not spec.semi_ar_length:
+            spec = self.domain.framed(spec, self.loaded.net, n, seed, lengths)
         bar = tqdm(total=n, disable=quiet, file=sys.stderr, unit="seq", dynamic_ncols=True)
         try:
             loaded = self.loaded
@@ -61,39 +67,72 @@ def cmd_sample(args) -> int:
 def cmd_infill(args) -> int:
     session = Session.open(args)
     spec = sample_spec(args, session)
-    spec.clamp, spec.clamp_values, spec.allowed = session.domain.template(args.template)
-    return emit_samples(args, session, spec)
+    spec, gap_lengths = infill_spec(session, spec, session.domain.template(args.template), args.n, args.seed)
+    return emit_samples(args, session, spec, gap_lengths)
+
+
+def infill_spec(session: Session, spec: SampleSpec, template: Template, n: int, seed: int):
+    """(spec, gap lengths per sample or None): the template's residues held, its gaps free. When a gap's
+    length is a range, the model scores every arrangement and each sample draws one (see infill.py)."""
+    domain, loaded = session.domain, session.loaded
+    arrangements = template.arrangements(domain.max_residues)
+    clamp, values = domain.template_frames(template, arrangements)
+    allowed = domain.residue_tokens()
+    if len(arrangements) == 1:
+        return replace(spec, clamp=clamp[0], clamp_values=values[0], allowed=allowed), None
+    if not loaded.objective.any_order:
+        raise UserError(
+            "--template: a gap of a range of lengths needs a masked diffusion run to score it in any order "
+            f"(sedd or mdlm, absorbing), not --objective {loaded.config.objective}; give each gap one length, "
+            "e.g. _{5}"
+        )
+    gen = torch.Generator(session.device).manual_seed(seed)
+    with autocast(session.device, session.amp):
+        nll = arrangement_nll(loaded.net, loaded.objective, clamp.to(session.device), values.to(session.device), gen)
+    chosen = choose_arrangements(nll.cpu(), n, torch.Generator().manual_seed(seed)).tolist()
+    gap_lengths = [list(arrangements[i]) for i in chosen]
+    return replace(spec, clamp=clamp[chosen], clamp_values=values[chosen], allowed=allowed), gap_lengths
 
 
 def sample_spec(args, session: Session) -> SampleSpec:
     """The sampling flags, checked against the run (its objective refuses what it cannot do)."""
     spec = SampleSpec(
-        steps=args.steps, rule=STEP_RULES[args.sampler](), use_cache=not args.no_cache, batch_size=args.batch_size
+        steps=args.steps,
+        rule=STEP_RULES[args.sampler](),
+        use_cache=not args.no_cache,
+        batch_size=args.batch_size,
+        temperature=args.temperature,
+        top_p=args.top_p,
     )
     order = "top-prob" if args.remask and args.order is None else args.order  # RDM re-ranks by confidence
     if order is not None:
         spec.order = ORDERS[order](noise=args.order_noise, remask=args.remask)
-    if getattr(args, "semi_ar", False) or getattr(args, "length", None):
-        if not (args.semi_ar and args.length):
-            raise UserError("--semi-ar and --length N go together")
+    if getattr(args, "semi_ar", False):
+        if args.length is None or args.length[0] != args.length[1]:
+            raise UserError("--semi-ar needs --length N, the tokens to generate")
         if not session.domain.supports_semi_ar:
             raise UserError(
                 f"--semi-ar: {session.domain.name} records have fixed start and end markers; use a text run"
             )
-        spec.semi_ar_length = args.length
+        spec.semi_ar_length = args.length[0]
     refusal = session.loaded.objective.sampling_refusal(spec, animate=bool(getattr(args, "animate", None)))
     if refusal is not None:
         raise UserError(refusal)
     return spec
 
 
-def emit_samples(args, session: Session, spec: SampleSpec) -> int:
-    ids, nfe, seconds = session.sample(args.n, spec, args.seed, args.quiet)
+def emit_samples(args, session: Session, spec: SampleSpec, gap_lengths: list | None = None) -> int:
+    ids, nfe, seconds = session.sample(args.n, spec, args.seed, args.quiet, getattr(args, "length", None))
     texts, valid = session.domain.decode(ids)
     if args.json:
-        print(json.dumps({"samples": texts, "nfe": nfe, "seconds": seconds, "valid": valid}))
+        result = {"samples": texts, "nfe": nfe, "seconds": seconds, "valid": valid}
+        if gap_lengths is not None:
+            result["gap_lengths"] = gap_lengths
+        print(json.dumps(result))
         return 0
     names = [f"sample_{i} valid={v} nfe<={nfe}" for i, v in enumerate(valid)]
+    if gap_lengths is not None:
+        names = [f"{name} gaps={','.join(map(str, g))}" for name, g in zip(names, gap_lengths, strict=True)]
     if args.out:
         write_fasta(args.out, names, texts)
         log(
@@ -108,12 +147,22 @@ def emit_samples(args, session: Session, spec: SampleSpec) -> int:
 
 def write_animation(args, session: Session, spec: SampleSpec) -> None:
     """A GIF of the first (at most 8) samples being denoised, step by step."""
-    loaded = session.loaded
+    loaded, n, length = session.loaded, min(args.n, 8), session.domain.length
+    spec = session.domain.framed(spec, loaded.net, n, args.seed, args.length)
+    clamp, values = spec_clamp(spec, 0, n, session.device)
     gen = torch.Generator(session.device).manual_seed(args.seed)
     with autocast(session.device, session.amp):
-        n, length = min(args.n, 8), session.domain.length
         result = generate(
-            loaded.net, loaded.objective, n, length, spec, generator=gen, device=session.device, keep_history=True
+            loaded.net,
+            loaded.objective,
+            n,
+            length,
+            spec,
+            clamp=clamp,
+            clamp_values=values,
+            generator=gen,
+            device=session.device,
+            keep_history=True,
         )
     alphabet = getattr(session.domain.tokenizer(), "alphabet", "")
     history = [h.cpu() for h in result.history]
@@ -126,14 +175,26 @@ def add_parsers(sub) -> None:
     add_sampling_arguments(s, 16)
     s.add_argument("--semi-ar", action="store_true", help="grow text past the model's window, window by window")
     s.add_argument("--animate", metavar="GIF", help="also write a GIF of the first 8 samples being denoised")
-    s.add_argument("--length", type=positive_int, help="with --semi-ar: tokens to generate")
+    s.add_argument(
+        "--length",
+        type=length_range,
+        metavar="N|MIN:MAX",
+        help="proteins: residues per sample, or a range within which the model's p(n) is renormalised; "
+        "with --semi-ar: text tokens to generate",
+    )
     s.set_defaults(func=cmd_sample)
 
     i = sub.add_parser(
         "infill",
         help="fill the '_' positions of a template",
-        description="Sample the '_' positions of --template; every other position is kept as given.",
+        description="Sample the '_' positions of --template; every other position is kept as given. A gap "
+        "'_{a,b}' takes the length the model finds likely given the rest (--json reports gap_lengths).",
     )
     add_sampling_arguments(i, 4)
-    i.add_argument("--template", required=True, help="residues with '_' at each position to fill, e.g. MKV__LL_A")
+    i.add_argument(
+        "--template",
+        required=True,
+        help="residues with '_' at each position to fill, and '_{a,b}' for a gap of a to b residues whose length "
+        "the model chooses, e.g. MKV__LL_{3,8}GGS",
+    )
     i.set_defaults(func=cmd_infill)

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import torch
 
-from ..config import RunConfig, TrainConfig
+from ..config import RunConfig, TrainConfig, option_owners
 from ..distributed import World, session
 from ..domains import Domain, domain_class, domain_from_config
 from ..errors import UserError
 from ..evaluate.likelihood import evaluate_bound
 from ..networks import PRESETS, Transformer
-from ..objectives import OBJECTIVES
+from ..objectives import OBJECTIVES, Option
 from ..processes import PROCESSES
 from ..rundir import CHECKPOINTS, CONFIG, LOSS_PLOT, METRICS, SAMPLES
 from ..sampling import SampleSpec, sample_many
@@ -167,12 +167,13 @@ def finish(args, run: TrainingRun, trainer: Trainer, summary: dict) -> dict:
     final.update(run.domain.per_token_extras(final["bits_per_token"]))
     result = {"run": str(run.run_dir), **summary, "heldout": final}
     if args.samples:
+        spec = run.domain.framed(SampleSpec(steps=args.sample_steps), trainer.ema_net, args.samples, trainer.cfg.seed)
         ids, _, _ = sample_many(
             trainer.ema_net,
             trainer.objective,
             args.samples,
             run.domain.length,
-            SampleSpec(steps=args.sample_steps),
+            spec,
             seed=trainer.cfg.seed,
             device=trainer.device,
             amp=trainer.amp,
@@ -243,14 +244,8 @@ def add_model_arguments(t) -> None:
     t.add_argument("--objective", choices=OBJECTIVES.names(), default="sedd")
     t.add_argument("--process", choices=PROCESSES.names(), default="absorbing")
     t.add_argument("--schedule", choices=SCHEDULES.names(), help="default: loglinear (absorbing), geometric (uniform)")
-    for objective in OBJECTIVES.values():
-        for option in objective.options:
-            t.add_argument(
-                option.flag,
-                type=number(option.kind, option.low, option.high),
-                metavar=option.metavar,
-                help=f"{objective.name}: {option.help} ({option.default})",
-            )
+    for flag, owners in option_owners().items():
+        add_option(t, next(o for o in owners[0].options if o.flag == flag), [cls.name for cls in owners])
     tc = t.add_mutually_exclusive_group()
     tc.add_argument(
         "--time-conditioning",
@@ -265,6 +260,19 @@ def add_model_arguments(t) -> None:
     )
 
 
+def add_option(t, option: Option, objectives: list[str]) -> None:
+    """An objective's own flag; not given, it is None (the objective's default applies)."""
+    help = f"{', '.join(objectives)}: {option.help} ({option.default})"
+    if option.kind is bool:
+        t.add_argument(option.flag, action="store_true", default=None, help=help)
+    elif option.choices:
+        t.add_argument(option.flag, choices=option.choices, help=help)
+    else:
+        t.add_argument(
+            option.flag, type=number(option.kind, option.low, option.high), metavar=option.metavar, help=help
+        )
+
+
 def add_data_arguments(t) -> None:
     t.add_argument(
         "--max-len", type=number(int, 1, 100_000), default=127, help="proteins: longest record in residues (127)"
@@ -276,6 +284,12 @@ def add_data_arguments(t) -> None:
     t.add_argument("--max-docs", type=positive_int, help="text: stories to stream from the hub when not on disk")
     t.add_argument("--heldout-fraction", type=number(float, 0, 1, low_open=True, high_open=True), default=0.05)
     t.add_argument("--skip-invalid", action="store_true", help="skip and count bad records instead of stopping")
+    t.add_argument(
+        "--fixed-window",
+        action="store_true",
+        help="proteins: model the padded window of --max-len + 2 positions as one sequence, markers and padding "
+        "included, instead of the length and the residues (p(n) p(residues | n), the default)",
+    )
 
 
 def add_optimiser_arguments(t) -> None:

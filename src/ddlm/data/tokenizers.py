@@ -45,6 +45,16 @@ class CharTokenizer:
             out[row, len(rec) + 1] = self.eos_id
         return out
 
+    def frame(self, lengths: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """[n, length] clamp and values of records with these character counts: BOS at 0, EOS at n + 1 and
+        PAD after are held (clamp True), the n character positions in between are free (value 0)."""
+        positions = torch.arange(length)
+        lengths = torch.as_tensor(lengths, dtype=torch.long)[:, None]
+        values = torch.where(positions <= lengths + 1, self.eos_id, self.pad_id).expand(len(lengths), -1).clone()
+        values[:, 0] = self.bos_id
+        clamp = (positions == 0) | (positions > lengths)
+        return clamp, torch.where(clamp, values, 0)
+
     def real_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         """Number of real tokens per row: characters plus the end marker (not BOS, not PAD)."""
         if not self.markers:

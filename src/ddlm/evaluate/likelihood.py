@@ -1,7 +1,9 @@
 """Held-out likelihood in bits per token: the NELBO for diffusion objectives, the exact NLL for AR.
 
-The whole sequence's bound (padding included) is divided by the number of real tokens, so the
-figure is directly comparable with an AR model's exact NLL over the same tokens. Sums are
+The whole sequence's bound is divided by the number of real tokens (residues + end marker for a
+protein), so the figure is directly comparable with an AR model's exact NLL over the same tokens. A
+fixed-window model's bound covers its padding too; a length-aware model's bound is
+-log p(n) + NELBO(residues | n), its length head's term and the residues' bound. Sums are
 accumulated in float64.
 
 For the absorbing process the bound is evaluated under the log-linear schedule with eps = 0: the
@@ -18,6 +20,7 @@ import math
 
 import torch
 
+from ..batches import trim_padding
 from ..device import autocast
 from ..objectives import Objective
 
@@ -35,9 +38,13 @@ def evaluate_bound(
     autocast_dtype: torch.dtype | None = None,
     progress=None,
 ) -> dict:
-    """Bits per real token of `ids` under the objective's bound (`objective.for_evaluation().bound_at`),
-    with K = time_samples stratified draws per sequence (one for an exact bound)."""
+    """Bits per real token of `ids` under the objective's bound (`objective.for_evaluation().bound_at`,
+    plus -log p(n) when the network models a record's length), with K = time_samples stratified draws
+    per sequence (one for an exact bound)."""
     objective = objective.for_evaluation()
+    pad_id = getattr(getattr(net, "cfg", None), "pad_id", None)
+    if pad_id is not None:  # padding is never seen: batch records of similar length and trim the rest
+        ids = ids[(ids != pad_id).sum(-1).argsort(stable=True)]
     exact = objective.bound == "exact"
     K = 1 if exact else max(time_samples, 1)
     gen = torch.Generator(device).manual_seed(seed)
@@ -46,11 +53,14 @@ def evaluate_bound(
     rows_per_batch = max(1, batch_size // K)
     for start in range(0, len(ids), rows_per_batch):
         x0 = ids[start : start + rows_per_batch].to(device)
+        if pad_id is not None:
+            x0 = trim_padding(x0, pad_id, objective.length_multiple)
         b = len(x0)
         u = torch.rand(b, K, generator=gen, device=device, dtype=torch.float64)
         strata = ((torch.arange(K, device=device) + u) / K).flatten()  # stratified in (0, 1)
         with autocast(device, autocast_dtype):
-            losses = objective.bound_at(net, x0.repeat_interleave(K, 0), strata, generator=gen)
+            xs = x0.repeat_interleave(K, 0)
+            losses = objective.bound_at(net, xs, strata, generator=gen) + objective.length_nll(net, xs)
         losses = losses.double().view(b, K).cpu()
         total += losses.mean(1).sum()
         if K > 1:

@@ -5,10 +5,11 @@ and one import line below so that the registry knows it.
 """
 
 from .ar import AutoRegressive
-from .base import OBJECTIVES, DiffusionObjective, Objective, Option, log_expm1, stratified_times
+from .base import OBJECTIVES, DiffusionObjective, Objective, log_expm1, stratified_times
 from .bd3lm import BlockDiffusion
 from .d3pm import D3PM
 from .mdlm import MDLM
+from .option import Option
 from .sedd import ScoreEntropy
 
 __all__ = [

@@ -20,6 +20,7 @@ class AutoRegressive(Objective):
     name = "ar"
     bound = "exact"
     causal = True
+    models_length = False  # the end marker is one of its tokens: it stops there
 
     @classmethod
     def refuse(cls, config):
@@ -68,7 +69,8 @@ def generate_ar(
     """Left-to-right sampling with a key/value cache (one new token per network call; `spec.use_cache`).
 
     A clamped position is forced to its value; the model conditions on it only from then on, so an
-    AR model is conditioned by a prefix, not by later positions. `spec.allowed` restricts the tokens.
+    AR model is conditioned by a prefix, not by later positions. `spec.shape` restricts the tokens
+    (`allowed`) and applies the temperature and nucleus.
     """
     x = torch.empty(batch, length, dtype=torch.long, device=device)
     inputs = torch.full((batch, 1), objective.start_id, dtype=torch.long, device=device)
@@ -78,10 +80,7 @@ def generate_ar(
             logits = net(inputs[:, -1:], kv_caches=caches, start=i)[:, -1]
         else:
             logits = net(inputs)[:, -1]
-        probs = torch.softmax(logits.float(), dim=-1)
-        if spec.allowed is not None:
-            probs = probs * spec.allowed.to(probs)
-        token = draw(probs, generator)
+        token = draw(spec.shape(torch.softmax(logits.float(), dim=-1)), generator)
         if clamp is not None:
             token = torch.where(clamp[:, i], clamp_values[:, i], token)
         x[:, i] = token

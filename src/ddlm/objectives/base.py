@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -29,20 +28,8 @@ from ..processes import Absorbing, Process
 from ..registry import Registry
 from ..sampling import SampleResult, SampleSpec, generate
 from ..schedules import LogLinear, Schedule
-
-
-@dataclass(frozen=True)
-class Option:
-    """A constructor keyword of one objective, set by a `ddlm train` flag (an int or float in [low, high])."""
-
-    keyword: str
-    flag: str
-    kind: type
-    default: int | float
-    low: int | float
-    high: int | float
-    help: str
-    metavar: str | None = None
+from .estimators import mask_counts, position_weight, unit_draws
+from .option import Option
 
 
 def stratified_times(n: int, t_min: float, generator: torch.Generator | None, device=None) -> torch.Tensor:
@@ -63,6 +50,9 @@ class Objective:
     causal: bool = False
     continuous_time: bool = False
     options: ClassVar[tuple[Option, ...]] = ()
+    # Does it model a record as its length and its residues (p(n) p(residues | n)) when the data has
+    # such records? AR does not need to: it stops at its end marker.
+    models_length: ClassVar[bool] = True
 
     def __init__(self, process: Process, schedule: Schedule):
         self.process = process
@@ -105,6 +95,20 @@ class Objective:
         """[B] what the optimiser minimises; the bound itself unless the objective adds an auxiliary term."""
         return self.loss(net, x0, generator=generator)
 
+    @property
+    def length_multiple(self) -> int:
+        """A training sequence may be cut short only to a multiple of this many positions."""
+        return 1
+
+    def length_nll(self, net, x0: torch.Tensor) -> torch.Tensor:
+        """[B] -log p(n) of each record's length n (its moving tokens, the residues) under the network's
+        length head: the term that completes the bound, -log p(x) <= -log p(n) + NELBO(residues | n).
+        Zero for a network without one (a fixed window models its length with its markers)."""
+        log_p = net.length_log_probs() if hasattr(net, "length_log_probs") else None
+        if log_p is None:
+            return torch.zeros(x0.shape[0], device=x0.device)
+        return -log_p[self.process.moves(x0).sum(-1) - 1]
+
     def for_evaluation(self) -> Objective:
         """The objective whose estimate `bound_at` is an exact bound (see evaluate/likelihood.py)."""
         return self
@@ -133,6 +137,12 @@ class Objective:
         """Why this objective cannot sample as `spec` asks (or draw the denoising animation), or None."""
         return None
 
+    @property
+    def any_order(self) -> bool:
+        """Can the network give p(x_i | any subset of the other positions) (a masked diffusion)? Then it
+        scores the given residues of a template in any order (infill.py)."""
+        return False
+
     def steps_taken(self, steps: int, length: int) -> int:
         """How many reverse steps `sample` takes when asked for `steps` on sequences of `length`."""
         return steps
@@ -143,9 +153,65 @@ ANIMATION_REFUSAL = "--animate shows the reverse diffusion; it needs a non-block
 
 
 class DiffusionObjective(Objective):
-    """Continuous-time diffusion: E_t E_{x_t | x0} [sum_i l_i(x_t, x0, t)] = negative ELBO."""
+    """Continuous-time diffusion: E_t E_{x_t | x0} [sum_i l_i(x_t, x0, t)] = negative ELBO.
+
+    The keywords choose how training estimates it (objectives/estimators.py): the `train_form` (time or
+    mask count), the batch's `noise_draws`, the `count_sampling` and the masked positions' `loss_weight`.
+
+    With `self_conditioning` the network also reads its own estimate of x0 (`estimate`): in training a
+    first pass without one gives it, on half the batches (drawn from the noise generator); the bound is
+    evaluated the same way, always with the first pass; a sampler feeds each evaluation the estimate of
+    the sequence's previous one (zero at the first)."""
 
     continuous_time = True
+
+    def __init__(
+        self,
+        process: Process,
+        schedule: Schedule,
+        train_form: str = "time",
+        noise_draws: str = "stratified",
+        count_sampling: str = "uniform",
+        loss_weight: float = 1.0,
+        self_conditioning: bool = False,
+    ):
+        super().__init__(process, schedule)
+        self.train_form, self.noise_draws = train_form, noise_draws
+        self.count_sampling, self.loss_weight = count_sampling, loss_weight
+        self.self_conditioning = self_conditioning
+
+    def network(self, net, xt: torch.Tensor, sbar: torch.Tensor, condition: bool | torch.Tensor = True) -> torch.Tensor:
+        """The network's output at x_t, in float32. A self-conditioned objective feeds it an estimate of
+        x0: `condition` a tensor is that estimate; True estimates it first by a pass without one (no
+        gradient); False gives none."""
+        if not self.self_conditioning or condition is False:
+            return net(xt, sbar).float()
+        if condition is True:
+            with torch.no_grad():
+                condition = self.estimate(net(xt, sbar).float(), xt)
+        return net(xt, sbar, x0_estimate=condition).float()
+
+    def estimate(self, out: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
+        """[B, L, V] the network's estimate of x0 from its output: the predicted distribution at a masked
+        position, the token itself at an unmasked moving one, nothing at a context token."""
+        probs = torch.softmax(self.on_support(out), dim=-1)
+        masked = (xt == self.process.mask_id)[..., None]
+        known = torch.nn.functional.one_hot(xt.clamp(max=self.vocab_size - 1), self.vocab_size).to(probs)
+        known = known * self.process.moves(xt)[..., None]
+        return torch.where(masked, probs, known)
+
+    def training_loss(self, net, x0, generator=None):
+        """[B] one draw per sequence of the estimator the options choose (the bound, when the weight is 1)."""
+        condition = self.self_conditioning and bool(torch.rand((), generator=generator, device=x0.device) < 0.5)
+        u = unit_draws(x0.shape[0], self.noise_draws, generator, x0.device)
+        if self.train_form == "time":
+            t_min = 1e-3
+            t = (t_min + (1 - t_min) * u).float()
+            return self.loss(net, x0, t=t, generator=generator, condition=condition)
+        n = self.process.moves(x0).sum(-1)
+        k, ratio = mask_counts(u, n, self.count_sampling)
+        weight = (position_weight(k, n, self.loss_weight) * ratio).float()
+        return self.loss_at_mask_count(net, x0, k, generator=generator, weight=weight, condition=condition)
 
     @property
     def time_separable(self) -> bool:
@@ -159,14 +225,18 @@ class DiffusionObjective(Objective):
         """Is this a masked (absorbing) diffusion, whose positions can be unmasked in a chosen order?"""
         return isinstance(self.process, Absorbing)
 
-    def loss(self, net, x0, t=None, generator=None, t_min=1e-3):
+    @property
+    def any_order(self) -> bool:
+        return self.masked
+
+    def loss(self, net, x0, t=None, generator=None, t_min=1e-3, condition: bool = True):
         B = x0.shape[0]
         if t is None:
             t = stratified_times(B, t_min, generator, x0.device)
         sbar = self.schedule.total(t)
         sigma = self.schedule.rate(t)
         xt = self.process.perturb(x0, sbar[:, None], generator)
-        out = net(xt, sbar).float()
+        out = self.network(net, xt, sbar, condition)
         return self.position_loss(out, xt, x0, sbar[:, None], sigma[:, None]).sum(-1)
 
     def position_loss(self, out, xt, x0, sbar, sigma) -> torch.Tensor:
@@ -174,34 +244,52 @@ class DiffusionObjective(Objective):
         raise NotImplementedError
 
     def loss_at_mask_count(
-        self, net, x0: torch.Tensor, k: torch.Tensor | None = None, generator=None, masked: torch.Tensor | None = None
+        self,
+        net,
+        x0: torch.Tensor,
+        k: torch.Tensor | None = None,
+        generator=None,
+        masked: torch.Tensor | None = None,
+        weight: torch.Tensor | None = None,
+        condition: bool = True,
     ) -> torch.Tensor:
-        """The absorbing NELBO in its discrete form, for a network that ignores time:
+        """The absorbing NELBO in its discrete form, for a network that ignores time: with n the number
+        of moving positions of a row (all L in a fixed window, the n residues of a record),
 
-            NELBO = E_{k ~ U{1..L}} E_{M: k random positions masked} [ (L / k) sum_{i in M} f_i ],
+            NELBO = E_{k ~ U{1..n}} E_{M: k random moving positions masked} [ (n / k) sum_{i in M} f_i ],
 
-        because int_0^1 (1/t) Binomial(k; L, t) dt = 1/k. Its weights are bounded by L, unlike the
+        because int_0^1 (1/t) Binomial(k; n, t) dt = 1/k. Its weights are bounded by n, unlike the
         1/t of the time form, whose variance diverges (logarithmically) near t = 0. When the network
         ignores time, the integrand depends on t only through the weight sigma / expm1(sbar) (the log
-        expm1(sbar) terms cancel), so any (sbar, sigma) with that ratio equal to L / k gives the same
-        value; sbar = log 2 keeps every term finite, k = L included.
+        expm1(sbar) terms cancel), so any (sbar, sigma) with that ratio equal to n / k gives the same
+        value; sbar = log 2 keeps every term finite, k = n included. `weight` [B] replaces n / k (training
+        estimators that reweight, see estimators.py).
         """
         if not self.masked:
             raise ValueError("the mask-count form of the bound holds for the absorbing process only")
         B, L = x0.shape
-        if masked is None:  # k positions chosen uniformly at random in each row
-            ranks = torch.rand(B, L, generator=generator, device=x0.device).argsort(-1).argsort(-1)
+        moving = self.process.moves(x0)
+        if masked is None:  # k of the moving positions, chosen uniformly at random in each row
+            u = torch.rand(B, L, generator=generator, device=x0.device)
+            ranks = torch.where(moving, u, 2.0).argsort(-1).argsort(-1)
             masked = ranks < k[:, None]
         k = masked.sum(-1)
         xt = torch.where(masked, self.process.mask_id, x0)
         sbar = torch.full((B,), math.log(2.0), device=x0.device)  # expm1(sbar) = 1
-        sigma = L / k.float()
-        out = net(xt, sbar).float()
+        sigma = moving.sum(-1) / k.float() if weight is None else weight
+        out = self.network(net, xt, sbar, condition)
         return self.position_loss(out, xt, x0, sbar[:, None], sigma[:, None]).sum(-1)
 
     def log_score(self, out: torch.Tensor, xt: torch.Tensor, sbar: torch.Tensor) -> torch.Tensor:
-        """log s_y for the V real tokens, [B, L, V]; sbar broadcasts as [B, 1, 1]."""
+        """log s_y for the V real tokens, [B, L, V]; sbar broadcasts as [B, 1, 1]. A context token
+        (outside the process's support) is never a target: its score is 0 (log -inf)."""
         raise NotImplementedError
+
+    def on_support(self, out: torch.Tensor) -> torch.Tensor:
+        """The network output with the context tokens' columns at -inf (unchanged when all tokens move)."""
+        if self.process.support == self.vocab_size:
+            return out
+        return out.masked_fill(self.process.support_mask(out) == 0, -torch.inf)
 
     def for_evaluation(self) -> Objective:
         """For the absorbing process, the same objective under the eps = 0 log-linear schedule: the masking
@@ -218,7 +306,7 @@ class DiffusionObjective(Objective):
         """The mask-count form at k = floor(u L) + 1 (stratified over 1..L) when the process is absorbing
         and the network ignores time; the time form at t = u otherwise."""
         if self.masked and not getattr(net, "time_conditioned", True):
-            k = (u * x0.shape[1]).floor().long() + 1
+            k = (u * self.process.moves(x0).sum(-1)).floor().long() + 1
             return self.loss_at_mask_count(net, x0, k, generator=generator)
         return super().bound_at(net, x0, u, generator)
 
@@ -231,6 +319,10 @@ class DiffusionObjective(Objective):
     def sampling_refusal(self, spec, animate=False):
         if spec.order is not None and not self.masked:
             return "--order and --remask need a masked (absorbing) diffusion run"
+        if (spec.temperature != 1.0 or spec.top_p < 1.0) and not self.masked:
+            return (
+                "--temperature and --top-p shape which token a masked position becomes; a uniform-process run has none"
+            )
         if animate and spec.semi_ar_length:
             return ANIMATION_REFUSAL
         return None

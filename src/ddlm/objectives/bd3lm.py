@@ -34,8 +34,9 @@ import torch
 from ..processes import Process
 from ..sampling import SampleResult, SampleSpec, generate
 from ..schedules import Schedule
-from .base import ANIMATION_REFUSAL, OBJECTIVES, Option
+from .base import ANIMATION_REFUSAL, OBJECTIVES
 from .mdlm import MDLM
+from .option import Option
 
 
 def block_causal_mask(length: int, block: int, device=None) -> torch.Tensor:
@@ -75,9 +76,9 @@ class BlockDiffusion(MDLM):
             "--diffusion-block",
             int,
             4,
+            "tokens per block, must divide the training length",
             1,
             10**5,
-            "tokens per block, must divide the training length",
             metavar="B",
         ),
     )
@@ -100,6 +101,14 @@ class BlockDiffusion(MDLM):
         if block_size < 1:
             raise ValueError(f"block size must be at least 1, not {block_size}")
         self.block_size = block_size
+
+    @property
+    def length_multiple(self) -> int:
+        return self.block_size  # blocks stay whole
+
+    @property
+    def any_order(self) -> bool:
+        return False  # a block sees only the clean blocks before it
 
     def num_blocks(self, length: int) -> int:
         if length % self.block_size:
@@ -137,14 +146,21 @@ class BlockDiffusion(MDLM):
         return self.position_loss(out, xt, x0, sbar, sigma).sum(-1)
 
     def training_loss(self, net, x0, generator=None):
-        """[B] the bound in its mask-count form with an independent k_b ~ U{1..B} per block.
+        """[B] the bound in its mask-count form with an independent k_b ~ U{1..n_b} per block (n_b its
+        moving positions: B in a fixed window).
 
-        Same expectation as `loss` (the integral over t of (1/t) Bin(k; B, t) is 1/k), but every block
+        Same expectation as `loss` (the integral over t of (1/t) Bin(k; n_b, t) is 1/k), but every block
         contributes (under the time form a fifth of 4-token blocks draw no mask at all) and the weights
-        B / k_b stay within [1, B] instead of growing like 1/t: a lower-variance gradient of the bound."""
+        n_b / k_b stay within [1, B] instead of growing like 1/t: a lower-variance gradient of the bound."""
         n, L = x0.shape
-        k = torch.randint(1, self.block_size + 1, (n, self.num_blocks(L)), generator=generator, device=x0.device)
-        return self.loss_at_mask_count(net, x0, k=k, generator=generator)
+        u = torch.rand(n, self.num_blocks(L), generator=generator, device=x0.device, dtype=torch.float64)
+        return self.loss_at_mask_count(net, x0, k=self.count_in_block(u, x0), generator=generator)
+
+    def count_in_block(self, u: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """k_b = floor(u_b n_b) + 1: uniform on 1..n_b for u_b uniform in [0, 1) (1 for a block of context)."""
+        n, L = x0.shape
+        moving = self.process.moves(x0).view(n, self.num_blocks(L), self.block_size).sum(-1)
+        return (u * moving).floor().long() + 1
 
     def sample(self, net, batch, length, spec, *, clamp=None, clamp_values=None, generator=None, device="cpu"):
         return generate_blocks(
@@ -162,30 +178,34 @@ class BlockDiffusion(MDLM):
         return ANIMATION_REFUSAL if animate else super().sampling_refusal(spec)
 
     def loss_at_mask_count(self, net, x0, k=None, generator=None, masked=None):
-        """MDLM's mask-count form per block: for each block, k_b ~ U{1..B} positions masked at random,
-        weight B / k_b (see DiffusionObjective.loss_at_mask_count), summed over blocks.
+        """MDLM's mask-count form per block: for each block, k_b of its n_b moving positions masked at
+        random, weight n_b / k_b (see DiffusionObjective.loss_at_mask_count), summed over blocks; a block
+        of context tokens only (a record's padding) contributes nothing.
 
-        `masked` ([B, L] bool, at least one per block) fixes the masks; otherwise `k` is [B, n_blocks]
-        counts in 1..B, or [B] counts in 1..L as the evaluator stratifies them for MDLM, mapped to
-        k_b = floor((k - 1 + u_b) B / L) + 1 with an independent u_b ~ U[0, 1) per block: uniform on
-        1..B for each block, and the evaluator's strata carry over. B = L gives k_b = k exactly.
+        `masked` ([B, L] bool, at least one per block with moving positions) fixes the masks; otherwise
+        `k` is [B, n_blocks] counts in 1..n_b, or [B] counts in 1..n as the evaluator stratifies them for
+        MDLM (n the row's moving positions), mapped to k_b = floor((k - 1 + u_b) n_b / n) + 1 with an
+        independent u_b ~ U[0, 1) per block: uniform on 1..n_b for each block, and the evaluator's strata
+        carry over. One block of moving tokens only (B = L) gives k_b = k exactly.
         """
         n, L = x0.shape
         blocks, size = self.num_blocks(L), self.block_size
+        moving = self.process.moves(x0)
         if masked is None:
-            # random ranks within each block (the same draw as MDLM's when there is one block)
-            ranks = torch.rand(n, L, generator=generator, device=x0.device).view(n, blocks, size)
-            ranks = ranks.argsort(-1).argsort(-1)
+            # random ranks among the moving positions of each block (MDLM's draw when there is one block)
+            u = torch.rand(n, L, generator=generator, device=x0.device)
+            ranks = torch.where(moving, u, 2.0).view(n, blocks, size).argsort(-1).argsort(-1)
             if k.dim() == 1:
                 u = torch.rand(n, blocks, generator=generator, device=x0.device, dtype=torch.float64)
-                k = ((k[:, None] - 1 + u) * size / L).floor().long() + 1
-            masked = (ranks < k[:, :, None]).view(n, L)
+                k = self.count_in_block((k[:, None] - 1 + u) / moving.sum(-1, keepdim=True), x0)
+            masked = (ranks < k[:, :, None]).view(n, L) & moving
         counts = masked.view(n, blocks, size).sum(-1)
-        if (counts == 0).any():
-            raise ValueError("every block needs at least one masked position")
+        moving_counts = moving.view(n, blocks, size).sum(-1)
+        if ((counts == 0) & (moving_counts > 0)).any():
+            raise ValueError("every block with moving positions needs at least one masked position")
         xt = torch.where(masked, self.process.mask_id, x0)
         sbar = torch.full((n, 1), math.log(2.0), device=x0.device)  # expm1(sbar) = 1
-        sigma = (size / counts.float()).repeat_interleave(size, dim=1)
+        sigma = (moving_counts / counts.clamp(min=1).float()).repeat_interleave(size, dim=1)
         out = self.block_logits(net, xt, x0)
         return self.position_loss(out, xt, x0, sbar, sigma).sum(-1)
 

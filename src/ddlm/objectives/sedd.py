@@ -7,6 +7,7 @@ import math
 import torch
 
 from .base import OBJECTIVES, DiffusionObjective, log_expm1
+from .estimators import ESTIMATOR_OPTIONS, estimator_refusal
 
 
 @OBJECTIVES.register
@@ -17,11 +18,19 @@ class ScoreEntropy(DiffusionObjective):
         l_i = sigma(t) * sum_{y != x_t,i} Q[x_t,i, y] * [ s_y - rho_y log s_y + K(rho_y) ]
     Absorbing (Q = 1 from every token into the mask, r = 1 / expm1(sbar) at a masked position):
         l_i = sigma(t) * [ sum_{y<V} s_y - r log s_{x0_i} + r (log r - 1) ],  0 at unmasked positions.
-    Parameterisation (absorbing): log s_y = o_y - log expm1(sbar) - log V, which makes the optimum
-    o_y = log(V p(x0_i = y | x_t)) independent of t. The ratio of the current token to itself is 1.
+    Parameterisation (absorbing): log s_y = o_y - log expm1(sbar) - log R (R = the moving tokens, V for
+    a fixed window), which makes the optimum o_y = log(R p(x0_i = y | x_t)) independent of t and a zero
+    output the uniform guess. The ratio of the current token to itself is 1.
+    With support R < V (a record's markers are context), Q is the process's on the moving tokens and
+    the sum over neighbours y runs over them; context positions are never noised and score nothing.
     """
 
     name = "sedd"
+    options = ESTIMATOR_OPTIONS
+
+    @classmethod
+    def refuse(cls, config):
+        return estimator_refusal(config.objective_options, masked=config.process == "absorbing")
 
     @property
     def time_separable(self) -> bool:
@@ -29,9 +38,9 @@ class ScoreEntropy(DiffusionObjective):
 
     def log_score(self, out, xt, sbar):
         if self.masked:
-            return out - log_expm1(sbar) - math.log(self.vocab_size)
+            return self.on_support(out) - log_expm1(sbar) - math.log(self.process.support)
         # Uniform: the network's output is the log score, with the current token's entry fixed at 0.
-        return out.scatter(-1, xt[..., None], 0.0)
+        return self.on_support(out.scatter(-1, xt[..., None], 0.0))
 
     def position_loss(self, out, xt, x0, sbar, sigma):
         log_s = self.log_score(out, xt, sbar[..., None])
@@ -45,12 +54,14 @@ class ScoreEntropy(DiffusionObjective):
         return self._uniform_position_loss(log_s, xt, x0, sbar, sigma)
 
     def _uniform_position_loss(self, log_s, xt, x0, sbar, sigma):
-        V = self.vocab_size
-        a = -torch.expm1(-sbar) / V  # p_t(y | x0) for y != x0
+        V, R = self.vocab_size, self.process.support
+        a = -torch.expm1(-sbar) / R  # p_t(y | x0) for y != x0
         b = torch.exp(-sbar) + a  # p_t(x0 | x0)
         same = (xt == x0)[..., None]
         rho = torch.where(same, (a / b)[..., None], torch.ones_like(log_s))
         rho = torch.where(~same & (torch.arange(V, device=xt.device) == x0[..., None]), (b / a)[..., None], rho)
         terms = log_s.exp() - rho * log_s + rho * (torch.log(rho) - 1)
-        terms = terms.scatter(-1, xt[..., None], 0.0)  # y ranges over the neighbours y != x_t
-        return sigma * terms.sum(-1) / V
+        # y ranges over the moving neighbours y != x_t
+        neighbour = self.process.support_mask(terms).bool() & (torch.arange(V, device=xt.device) != xt[..., None])
+        per_position = sigma * torch.where(neighbour, terms, 0.0).sum(-1) / R
+        return torch.where(self.process.moves(x0), per_position, 0.0)

@@ -1,0 +1,22 @@
+"""An objective's own `ddlm train` flag, declared beside the objective that takes it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Option:
+    """A constructor keyword of the objectives that list it, set by a `ddlm train` flag: an int or float
+    in [low, high], one of `choices` (str), or a switch (bool)."""
+
+    keyword: str
+    flag: str
+    kind: type
+    default: Any
+    help: str
+    low: int | float | None = None
+    high: int | float | None = None
+    choices: tuple[str, ...] = ()
+    metavar: str | None = None

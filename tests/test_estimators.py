@@ -1,0 +1,145 @@
+"""Training estimators of the bound (objectives/estimators.py): every variance-reduction draw keeps the
+estimator unbiased, and combinations that make no sense are refused."""
+
+import itertools
+import math
+
+import pytest
+import torch
+from conftest import json_out, train_argv
+from toy import ExactRecordNet, RecordToy
+
+from ddlm.cli import main
+from ddlm.objectives import MDLM, ScoreEntropy
+from ddlm.objectives.estimators import mask_counts, position_weight, unit_draws
+from ddlm.processes import Absorbing
+from ddlm.schedules import LogLinear
+
+
+@pytest.mark.parametrize("mode", ["iid", "stratified", "antithetic"])
+def test_draws_are_uniform(mode):
+    """Each draw mode has the uniform marginal: the mean and the fraction below 0.3 over many batches."""
+    g = torch.Generator().manual_seed(0)
+    u = torch.cat([unit_draws(32, mode, g, "cpu") for _ in range(4000)])
+    assert ((u >= 0) & (u < 1)).all()
+    assert abs(u.mean().item() - 0.5) < 0.003 and abs((u < 0.3).double().mean().item() - 0.3) < 0.004
+    if mode == "stratified":  # one draw in each of the 32 strata
+        assert torch.equal((unit_draws(32, mode, g, "cpu") * 32).floor().long(), torch.arange(32))
+    if mode == "antithetic":
+        pair = unit_draws(32, mode, g, "cpu")
+        torch.testing.assert_close(pair[:16] + pair[16:], torch.ones(16, dtype=torch.float64))
+
+
+def test_importance_weights_make_counts_unbiased():
+    """E_q[(p/q)(k) f(k)] = E_p[f(k)] exactly, for p uniform on 1..n, by enumeration of u's quantiles."""
+    n = torch.tensor([7])
+    f = torch.tensor([0.3, 1.0, 2.0, 0.1, 5.0, 0.7, 3.0], dtype=torch.float64)
+    u = (torch.arange(200_000, dtype=torch.float64) + 0.5) / 200_000  # a fine quadrature of u ~ U[0, 1)
+    k, ratio = mask_counts(u, n.expand(len(u)), "importance")
+    assert abs((ratio * f[k - 1]).mean().item() - f.mean().item()) < 1e-4
+    assert (k[:-1] <= k[1:]).all()  # the inverse CDF is monotone
+    counts = torch.bincount(k, minlength=8)[1:].double() / len(u)
+    q = torch.arange(1, 8, dtype=torch.float64).rsqrt()
+    torch.testing.assert_close(counts, q / q.sum(), atol=1e-4, rtol=0)
+
+
+def test_weight_one_is_the_bound_and_the_scale_is_kept():
+    n, k = torch.tensor([10, 10, 10]), torch.tensor([1, 5, 10])
+    torch.testing.assert_close(position_weight(k, n, 1.0), torch.tensor([10.0, 2.0, 1.0], dtype=torch.float64))
+    for gamma in (0.0, 0.5):  # the weight's average over r = k/n ~ U(0, 1], times r, is the bound's
+        r = (torch.arange(100_000, dtype=torch.float64) + 0.5) / 100_000
+        assert abs(((2 - gamma) * r ** (1 - gamma)).mean().item() - 1.0) < 1e-3
+
+
+ESTIMATORS = list(itertools.product(["time", "count"], ["iid", "stratified", "antithetic"], ["uniform"])) + [
+    ("count", "stratified", "importance"),
+    ("count", "iid", "importance"),
+]
+
+
+@pytest.mark.parametrize("form,draws,sampling", ESTIMATORS)
+@pytest.mark.parametrize("cls,scale", [(ScoreEntropy, 2.0), (MDLM, 1.0)], ids=["sedd", "mdlm"])
+def test_every_estimator_has_the_exact_nll_as_its_mean(cls, scale, form, draws, sampling):
+    """The training loss with the exact conditionals (weight 1): over 30k draws its mean is the record's
+    exact NLL minus -log p(n) (the length head's term is added by the trainer), within 4 s.e."""
+    toy = RecordToy(max_n=4)
+    objective = cls(Absorbing(toy.V, support=toy.R), LogLinear(eps=0.0), train_form=form, noise_draws=draws,
+                    count_sampling=sampling)  # fmt: skip
+    net = ExactRecordNet(toy, objective.process.mask_id, scale)
+    row = 25  # a record of 4 letters
+    x0 = toy.ids[row].expand(30_000, -1)
+    losses = objective.training_loss(net, x0, generator=torch.Generator().manual_seed(1)).double()
+    losses = losses + objective.length_nll(net, x0).double()
+    chunks = losses.view(-1, 30).mean(1)  # the batch is the unit of stratification: its means are iid
+    mean, se = chunks.mean().item(), chunks.std().item() / math.sqrt(len(chunks))
+    nll = -math.log(toy.p[row].item())
+    assert abs(mean - nll) < 4 * se + 1e-4, (mean, nll, se)
+
+
+@pytest.mark.parametrize(
+    "flags,needle",
+    [
+        (["--loss-weight", "0.5"], "--train-form count"),
+        (["--count-sampling", "importance", "--train-form", "time"], "--train-form count"),
+        (["--process", "uniform", "--train-form", "count"], "--process absorbing"),
+        (["--objective", "ar", "--train-form", "count"], "--objective mdlm or sedd"),
+    ],
+)
+def test_estimator_options_that_make_no_sense_are_refused(family, tmp_path, capsys, flags, needle):
+    assert main([*train_argv(family, tmp_path / "r", steps=1), *flags]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("error:") == 1
+    assert not (tmp_path / "r").exists()
+
+
+class SpyNet(torch.nn.Module):
+    """Records every call's estimate of x0 and answers with a fixed random output."""
+
+    time_conditioned = False
+
+    def __init__(self, V: int):
+        super().__init__()
+        self.V, self.calls = V, []
+
+    def forward(self, xt, sbar=None, x0_estimate=None):
+        self.calls.append(None if x0_estimate is None else x0_estimate.clone())
+        g = torch.Generator().manual_seed(int(xt.sum()))
+        return torch.randn(*xt.shape, self.V, generator=g)
+
+
+def test_self_conditioning_evaluates_as_it_trains():
+    """The bound of a self-conditioned objective is taken as its conditioned training half is: a first
+    pass without an estimate, then the pass that reads that pass's estimate of x0."""
+    toy = RecordToy(max_n=4)
+    objective = MDLM(Absorbing(toy.V, support=toy.R), LogLinear(eps=0.0), self_conditioning=True)
+    net = SpyNet(toy.V)
+    x0 = toy.ids[20:28]
+    objective.bound_at(net, x0, torch.rand(len(x0), dtype=torch.float64), generator=torch.Generator())
+    assert len(net.calls) == 2 and net.calls[0] is None
+    estimate = net.calls[1]
+    moving = objective.process.moves(x0)
+    torch.testing.assert_close(estimate.sum(-1), moving.float())  # a distribution at moving positions
+    assert (estimate[..., toy.R :] == 0).all()  # never a context token
+    net.calls.clear()
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        objective.training_loss(net, x0, generator=g)
+    conditioned = sum(call is not None for call in net.calls)
+    assert len(net.calls) - conditioned == 200 and 70 <= conditioned <= 130  # half the batches, two passes
+
+
+def test_self_conditioning_starts_as_a_no_op(make_run, capsys):
+    """A fresh self-conditioned network ignores its estimate (a zero map), and a trained one samples and
+    evaluates through the CLI, every sample well formed."""
+    from ddlm.networks import NetConfig, Transformer
+
+    net = Transformer(NetConfig(vocab_in=6, vocab_out=5, max_len=8, d_model=32, n_layers=1, n_heads=2,
+                                self_conditioning=True))  # fmt: skip
+    x = torch.randint(0, 6, (3, 8))
+    torch.testing.assert_close(net(x), net(x, x0_estimate=torch.rand(3, 8, 5)))
+    run = make_run(steps=8, objective="mdlm", self_conditioning=True, samples=2, max_len=48, batch_size=16)
+    capsys.readouterr()  # the training run's own report
+    result = json_out(capsys, ["sample", str(run), "--n", "4", "--steps", "32", "--json", "--quiet"])
+    assert all(result["valid"])
+    result = json_out(capsys, ["eval", str(run), "--json", "--quiet", "--time-samples", "2", "--max-sequences", "8"])
+    assert math.isfinite(result["bits_per_token"])
