@@ -27,6 +27,7 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 1e-3
     warmup: int = 200
+    lr_schedule: str = "constant"  # lr_schedules.py
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.98)
     grad_clip: float = 1.0
@@ -43,7 +44,8 @@ class TrainConfig:
     # flags that change how a run is operated, not what it computes: they apply on --resume too
     OPERATIONAL = ("log_every", "max_bad_steps", "keep_checkpoints")
     # flags that override a default above when given
-    FLAGS = ("batch_size", "lr", "warmup", "ema", "eval_every", "checkpoint_every", "weight_decay", *OPERATIONAL)
+    FLAGS = ("batch_size", "lr", "warmup", "lr_schedule", "ema", "eval_every", "checkpoint_every", "weight_decay")
+    FLAGS += OPERATIONAL
 
     def to_dict(self) -> dict:
         return asdict(self)

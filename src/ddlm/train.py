@@ -31,6 +31,7 @@ from .config import TrainConfig
 from .device import autocast, autocast_dtype
 from .distributed import LocalRows, World
 from .evaluate.likelihood import evaluate_bound
+from .lr_schedules import LR_SCHEDULES
 from .objectives import Objective
 from .plots import plot_losses
 from .rundir import LOSS_PLOT, METRICS
@@ -47,6 +48,10 @@ class StopTraining(Exception):
 # finish in a CPU budget (after 1,460 steps its samples were 16 residues short on average). The head is a
 # categorical of its own, so it learns at 50 times the rate.
 LENGTH_HEAD_LR_SCALE = 50.0
+
+# A --time-budget run measures its speed over these steps (after the first, slower ones) and fixes
+# its learning-rate horizon: the steps the rest of the budget buys at that speed.
+PROBE_STEPS = (5, 25)
 
 
 def parameter_groups(net: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -105,6 +110,8 @@ class Trainer:
             torch.manual_seed(cfg.seed + self.world.rank)  # dropout: a different stream on each rank
             self.model = DistributedDataParallel(self.net, device_ids=[device] if device.type == "cuda" else None)
         self.step = 0
+        self.horizon: int | None = None  # the steps the run will take, for the learning-rate schedule
+        self.lr_schedule = LR_SCHEDULES[cfg.lr_schedule]()
         self.bad_steps_total = 0
         self.checkpoints = CheckpointDir(self.run_dir, keep=cfg.keep_checkpoints)
         self.amp = autocast_dtype(cfg.precision, device)
@@ -113,7 +120,7 @@ class Trainer:
 
     # --- state -----------------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
-        return self.cfg.lr * min(1.0, (step + 1) / max(self.cfg.warmup, 1))
+        return self.cfg.lr * self.lr_schedule.factor(step, self.cfg.warmup, self.horizon)
 
     def _rng_tensors(self) -> dict[str, torch.Tensor]:
         """The global RNG states (dropout): rank 0's as `rng.torch`, rank r's as `rng.torch.rank<r>`.
@@ -138,7 +145,7 @@ class Trainer:
         tensors.update(opt_tensors)
         tensors["rng.noise"] = self.gen.get_state()
         tensors.update(rng)
-        meta = {"optimizer": opt_meta, "bad_steps_total": self.bad_steps_total}
+        meta = {"optimizer": opt_meta, "bad_steps_total": self.bad_steps_total, "horizon": self.horizon}
         return self.checkpoints.save(self.step, tensors, meta)
 
     def _apply(self, ckpt: Checkpoint) -> None:
@@ -163,6 +170,7 @@ class Trainer:
                 else:  # saved by fewer processes, or on a CPU: a fresh stream, still a function of the step
                     seed((self.cfg.seed + rank) * 1_000_003 + ckpt.step)
             self.bad_steps_total = int(ckpt.meta.get("bad_steps_total", 0))
+            self.horizon = ckpt.meta.get("horizon")
         except (KeyError, RuntimeError, TypeError, ValueError, AttributeError) as e:
             name = self.checkpoints.dir / f"step-{ckpt.step:08d}.safetensors"
             raise ValueError(f"{name}: does not fit this run ({type(e).__name__}: {e})") from None
@@ -259,6 +267,9 @@ class Trainer:
         t0 = time.perf_counter()
         tally = Tally(t0)  # what the steps since the last log line did
         consecutive_bad = 0
+        if steps is not None:
+            self.horizon = steps
+        probe = {"start": self.step} if self.horizon is None else None  # until the horizon is fixed
         bar = tqdm(
             total=steps if steps is not None else int(time_budget_s),
             initial=self.step if steps is not None else 0,
@@ -277,6 +288,8 @@ class Trainer:
                     continue
                 consecutive_bad = 0
                 self.step += 1
+                if probe is not None and self._probe_horizon(probe, time_budget_s - (time.perf_counter() - t0)):
+                    probe = None
                 tally.add(stats)
                 if self.step % self.cfg.log_every == 0:
                     record = tally.record(self.step, self.lr_at(self.step - 1), stats["grad_norm"], t0)
@@ -304,6 +317,21 @@ class Trainer:
         if self.world.is_main:
             plot_losses(self.metrics_path, self.run_dir / LOSS_PLOT)
         return {"steps": self.step, "seconds": time.perf_counter() - t0, "bad_steps": self.bad_steps_total}
+
+    def _probe_horizon(self, probe: dict, seconds_left: float) -> bool:
+        """Time this session's steps PROBE_STEPS[0] to [1] (`probe` holds the session's first step); at
+        the last, fix the horizon: this step plus the steps the seconds left buy at that speed (rank 0's
+        figure on every rank). True once fixed."""
+        first, last = (probe["start"] + p for p in PROBE_STEPS)
+        if self.step == first:
+            probe["time"] = time.perf_counter()
+        if self.step < last:
+            return False
+        seconds_per_step = (time.perf_counter() - probe["time"]) / (last - first)
+        estimate = torch.tensor([self.step + int(seconds_left / max(seconds_per_step, 1e-9))], dtype=torch.int64)
+        self.horizon = int(self.world.gather(estimate)[0])
+        self.log({"step": self.step, "event": "learning-rate horizon fixed", "horizon": self.horizon})
+        return True
 
     def _should_stop(self, steps: int | None, time_budget_s: float | None, elapsed: float) -> bool:
         """True when the steps or the time are used up; a signal checkpoints and raises StopTraining.

@@ -19,6 +19,7 @@ from ..distributed import World, session
 from ..domains import Domain, domain_class, domain_from_config
 from ..errors import UserError
 from ..evaluate.likelihood import evaluate_bound
+from ..lr_schedules import LR_SCHEDULES
 from ..networks import PRESETS, Transformer
 from ..objectives import OBJECTIVES, Option
 from ..processes import PROCESSES
@@ -303,7 +304,13 @@ def add_optimiser_arguments(t) -> None:
         "--batch-size", type=number(int, 1, 65_536), help="records per step, over all processes together (32)"
     )
     t.add_argument("--lr", type=number(float, 0, 10, low_open=True))
-    t.add_argument("--warmup", type=positive_int)
+    t.add_argument("--warmup", type=positive_int, help="warm-up steps of the learning rate (200)")
+    t.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULES.names(),
+        help="constant after the warm-up, or cosine down to a tenth at the run's last step (--steps, or the "
+        "steps a --time-budget buys at the speed of its first steps); default constant",
+    )
     t.add_argument("--ema", type=number(float, 0, 1), help="EMA decay of the weights (default 0.999)")
     t.add_argument("--weight-decay", type=number(float, 0, 1e6), help="AdamW weight decay on matrices (default 0)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its newest good checkpoint")
