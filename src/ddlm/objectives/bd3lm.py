@@ -1,6 +1,7 @@
 """Block diffusion (BD3-LM, Arriola et al. 2025): autoregressive over blocks, masked diffusion within each.
 
-A sequence x of length L is cut into L / B blocks x^1 .. x^{L/B} of B tokens, and
+A sequence x of length L is cut into ceil(L / B) blocks x^1 .. x^K of B tokens (the last one shorter
+when B does not divide L: the chain rule holds for any cut into consecutive blocks), and
 
     log p(x) = sum_b log p(x^b | x^{<b}).
 
@@ -30,6 +31,7 @@ import math
 from dataclasses import replace
 
 import torch
+import torch.nn.functional as F
 
 from ..processes import Process
 from ..sampling import SampleResult, SampleSpec, generate
@@ -76,7 +78,7 @@ class BlockDiffusion(MDLM):
             "--diffusion-block",
             int,
             4,
-            "tokens per block, must divide the training length",
+            "tokens per block (the last block of a sequence may be shorter)",
             1,
             10**5,
             metavar="B",
@@ -88,12 +90,6 @@ class BlockDiffusion(MDLM):
         if config.process != "absorbing" or config.time_conditioning:
             # each block has its own noise level, which one per-sequence time embedding cannot carry
             return "--objective bd3lm needs --process absorbing and takes no --time-conditioning"
-        block = config.objective_options["block_size"]
-        if config.length is not None and config.length % block:
-            return (
-                f"--diffusion-block {block} does not divide the training length {config.length} "
-                "(text: --seq-len; proteins: --max-len + 2)"
-            )
         return None
 
     def __init__(self, process: Process, schedule: Schedule, block_size: int):
@@ -111,16 +107,22 @@ class BlockDiffusion(MDLM):
         return False  # a block sees only the clean blocks before it
 
     def num_blocks(self, length: int) -> int:
-        if length % self.block_size:
-            raise ValueError(f"the block size {self.block_size} does not divide the sequence length {length}")
-        return length // self.block_size
+        return -(-length // self.block_size)
+
+    def by_block(self, v: torch.Tensor, fill) -> torch.Tensor:
+        """[n, L] -> [n, blocks, B], the last block filled up with `fill` where it is short."""
+        n, L = v.shape
+        return F.pad(v, (0, self.num_blocks(L) * self.block_size - L), value=fill).view(n, -1, self.block_size)
+
+    def per_position(self, v: torch.Tensor, length: int) -> torch.Tensor:
+        """[n, blocks] -> [n, length]: each block's value at each of its positions."""
+        return v.repeat_interleave(self.block_size, dim=1)[:, :length]
 
     def block_logits(self, net, xt: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         """[B, L, V] logits of every block given its noisy tokens and the clean prefix, in one pass."""
         if getattr(net, "time_conditioned", False):
             raise ValueError("bd3lm needs a network without time conditioning (each block has its own time)")
         L = x0.shape[1]
-        self.num_blocks(L)
         positions = torch.arange(L, device=x0.device).repeat(2)
         mask = training_mask(L, self.block_size, x0.device)
         return net(torch.cat([xt, x0], dim=1), None, attn_mask=mask, position_ids=positions)[:, :L].float()
@@ -139,8 +141,7 @@ class BlockDiffusion(MDLM):
         if t is None:
             t = self.block_times(n, blocks, t_min, generator, x0.device)
         t = t.reshape(n, -1).expand(n, blocks)
-        per_pos = lambda v: v.repeat_interleave(self.block_size, dim=1)  # noqa: E731  [B, blocks] -> [B, L]
-        sbar, sigma = per_pos(self.schedule.total(t)), per_pos(self.schedule.rate(t))
+        sbar, sigma = self.per_position(self.schedule.total(t), L), self.per_position(self.schedule.rate(t), L)
         xt = self.process.perturb(x0, sbar, generator)
         out = self.block_logits(net, xt, x0)
         return self.position_loss(out, xt, x0, sbar, sigma).sum(-1)
@@ -158,8 +159,7 @@ class BlockDiffusion(MDLM):
 
     def count_in_block(self, u: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         """k_b = floor(u_b n_b) + 1: uniform on 1..n_b for u_b uniform in [0, 1) (1 for a block of context)."""
-        n, L = x0.shape
-        moving = self.process.moves(x0).view(n, self.num_blocks(L), self.block_size).sum(-1)
+        moving = self.by_block(self.process.moves(x0), False).sum(-1)
         return (u * moving).floor().long() + 1
 
     def sample(self, net, batch, length, spec, *, clamp=None, clamp_values=None, generator=None, device="cpu"):
@@ -189,23 +189,23 @@ class BlockDiffusion(MDLM):
         carry over. One block of moving tokens only (B = L) gives k_b = k exactly.
         """
         n, L = x0.shape
-        blocks, size = self.num_blocks(L), self.block_size
+        blocks = self.num_blocks(L)
         moving = self.process.moves(x0)
         if masked is None:
             # random ranks among the moving positions of each block (MDLM's draw when there is one block)
             u = torch.rand(n, L, generator=generator, device=x0.device)
-            ranks = torch.where(moving, u, 2.0).view(n, blocks, size).argsort(-1).argsort(-1)
+            ranks = self.by_block(torch.where(moving, u, 2.0), 2.0).argsort(-1).argsort(-1)
             if k.dim() == 1:
                 u = torch.rand(n, blocks, generator=generator, device=x0.device, dtype=torch.float64)
                 k = self.count_in_block((k[:, None] - 1 + u) / moving.sum(-1, keepdim=True), x0)
-            masked = (ranks < k[:, :, None]).view(n, L) & moving
-        counts = masked.view(n, blocks, size).sum(-1)
-        moving_counts = moving.view(n, blocks, size).sum(-1)
+            masked = (ranks < k[:, :, None]).view(n, -1)[:, :L] & moving
+        counts = self.by_block(masked, False).sum(-1)
+        moving_counts = self.by_block(moving, False).sum(-1)
         if ((counts == 0) & (moving_counts > 0)).any():
             raise ValueError("every block with moving positions needs at least one masked position")
         xt = torch.where(masked, self.process.mask_id, x0)
         sbar = torch.full((n, 1), math.log(2.0), device=x0.device)  # expm1(sbar) = 1
-        sigma = (moving_counts / counts.clamp(min=1).float()).repeat_interleave(size, dim=1)
+        sigma = self.per_position(moving_counts / counts.clamp(min=1).float(), L)
         out = self.block_logits(net, xt, x0)
         return self.position_loss(out, xt, x0, sbar, sigma).sum(-1)
 
@@ -256,7 +256,7 @@ def generate_blocks(
     x = torch.zeros(batch, 0, dtype=torch.long, device=device)
     nfe = torch.zeros(batch, dtype=torch.long, device=device)
     for b in range(blocks):
-        end = (b + 1) * size
+        end = min((b + 1) * size, length)
         hold = torch.zeros(batch, end, dtype=torch.bool, device=device)
         hold[:, : b * size] = True  # the sampled prefix
         values = torch.zeros(batch, end, dtype=torch.long, device=device)
@@ -264,6 +264,9 @@ def generate_blocks(
         if clamp is not None:
             hold[:, b * size :] = clamp[:, b * size : end]
             values[:, b * size :] = clamp_values[:, b * size : end]
+        if hold.all():  # nothing to sample in this block (a record's padding): no network call
+            x = values
+            continue
         result = generate(
             wrapped,
             objective,
