@@ -3,10 +3,11 @@
     python scripts/ablation.py --minutes 10 --out runs/ablation NAME=FLAGS [NAME=FLAGS ...] [--parallel 2]
 
 e.g. `mdlm-count="--objective mdlm --train-form count"`. Every run trains on `--data` (acyp) with one
-thread (OMP_NUM_THREADS=1), `--parallel` at a time, each for the same number of minutes; then each is
-evaluated on the whole held-out split (`ddlm eval --time-samples 4`: the bound and its Monte-Carlo
-s.e., whatever the run trained on). A run already evaluated in OUT is not trained again. Writes
-OUT/ablation.json and prints a Markdown table with the CPU, threads and budget.
+thread (OMP_NUM_THREADS=1), `--parallel` at a time, each for the same number of minutes, and is
+evaluated on the whole held-out split as `ddlm train` ends (the EMA weights, 4 time samples: the bound
+and its Monte-Carlo s.e. whatever the run trained on, as `ddlm eval RUN --time-samples 4` gives). A run
+already in OUT/ablation.json is not trained again. Prints a Markdown table with the CPU, threads and
+budget.
 """
 
 from __future__ import annotations
@@ -26,22 +27,20 @@ def ddlm(*args: str, env: dict) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "ddlm", *args], stdout=subprocess.PIPE, text=True, env=env)
 
 
-def train_all(todo: list[tuple[str, list[str]]], args, env: dict) -> dict[str, dict]:
-    """Train the runs `--parallel` at a time; returns each run's training summary."""
-    summaries: dict[str, dict] = {}
-    for start in range(0, len(todo), args.parallel):
-        batch = todo[start : start + args.parallel]
-        procs = {}
-        for name, flags in batch:
-            print(f"== {name}: {' '.join(flags)}", file=sys.stderr, flush=True)
-            out = str(Path(args.out) / name)
-            common = ["--data", args.data, "--out", out, "--time-budget", str(args.minutes), "--samples", "0"]
-            procs[name] = ddlm("train", *common, "--quiet", "--json", *flags, env=env)
-        for name, proc in procs.items():
-            stdout, _ = proc.communicate()
-            if proc.returncode != 0:
-                raise SystemExit(f"{name}: ddlm train exited with {proc.returncode}")
-            summaries[name] = json.loads(stdout)
+def train_batch(batch: list[tuple[str, list[str]]], args, env: dict) -> dict[str, dict]:
+    """Train these runs side by side; returns each run's training summary (`ddlm train --json`)."""
+    procs = {}
+    for name, flags in batch:
+        print(f"== {name}: {' '.join(flags)}", file=sys.stderr, flush=True)
+        out = str(Path(args.out) / name)
+        common = ["--data", args.data, "--out", out, "--time-budget", str(args.minutes), "--samples", "0"]
+        procs[name] = ddlm("train", *common, "--quiet", "--json", *flags, env=env)
+    summaries = {}
+    for name, proc in procs.items():
+        stdout, _ = proc.communicate()
+        if proc.returncode != 0:
+            raise SystemExit(f"{name}: ddlm train exited with {proc.returncode}")
+        summaries[name] = json.loads(stdout)
     return summaries
 
 
@@ -60,11 +59,12 @@ def main() -> None:
     configs = [(c.split("=", 1)[0], shlex.split(c.split("=", 1)[1]) if "=" in c else []) for c in args.configs]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     todo = [(name, flags) for name, flags in configs if name not in results]
-    summaries = train_all(todo, args, env)
-    for name, flags in todo:
-        proc = ddlm("eval", str(out / name), "--json", "--quiet", "--time-samples", "4", env=env)
-        held = json.loads(proc.communicate()[0])
-        results[name] = {"flags": flags, "steps": summaries[name]["steps"], "minutes": args.minutes, **held}
+    for start in range(0, len(todo), args.parallel):
+        batch = todo[start : start + args.parallel]
+        summaries = train_batch(batch, args, env)
+        for name, flags in batch:
+            held = summaries[name]["heldout"]  # what `ddlm eval RUN --time-samples 4` gives
+            results[name] = {"flags": flags, "steps": summaries[name]["steps"], "minutes": args.minutes, **held}
         table_path.write_text(json.dumps(results, indent=1))
     print(f"{cpu_model()}; one thread per run, {args.parallel} runs at a time; {args.data}")
     print("| run | flags | minutes | steps | held-out bits/token | bound |")
