@@ -16,7 +16,7 @@ from toy import ToyDistribution
 from ddlm.cli import main
 from ddlm.networks import NetConfig, Transformer
 from ddlm.objectives import MDLM
-from ddlm.objectives.bd3lm import BlockCausal, BlockDiffusion, generate_blocks, training_mask
+from ddlm.objectives.bd3lm import BlockDiffusion, BlockPrefix, generate_blocks, training_mask
 from ddlm.processes import Absorbing
 from ddlm.sampling import SampleSpec, TauLeaping
 from ddlm.schedules import LogLinear
@@ -226,10 +226,12 @@ def test_training_pass_gives_the_sampling_pass_logits(positions, learned):
     xt = process.perturb(x0, torch.full((4, 12), 0.7), g)
     with torch.no_grad():
         vectorised = objective.block_logits(net, xt, x0)
-        for b in range(4):
-            window = torch.cat([x0[:, : 3 * b], xt[:, 3 * b : 3 * b + 3]], dim=1)
-            alone = BlockCausal(net, 3)(window)[:, -3:]
-            torch.testing.assert_close(vectorised[:, 3 * b : 3 * b + 3], alone, atol=1e-4, rtol=1e-4)
+        for kv_cache in (False, True):  # the prefix re-read by every call, or its keys and values cached
+            context = BlockPrefix(net, 3, 4, kv_cache, "cpu")
+            for b in range(4):
+                alone = context(xt[:, 3 * b : 3 * b + 3], rows=torch.arange(4))
+                torch.testing.assert_close(vectorised[:, 3 * b : 3 * b + 3], alone, atol=1e-4, rtol=1e-4)
+                context.extend(x0[:, 3 * b : 3 * b + 3])
         # and the first block alone is the plain network on it (nothing before it)
         torch.testing.assert_close(vectorised[:, :3], net(xt[:, :3]), atol=1e-4, rtol=1e-4)
 
@@ -258,12 +260,42 @@ def test_block_sampler_matches_exact_distribution(block, steps):
         objective,
         20_000,
         L,
-        SampleSpec(steps=steps, rule=TauLeaping()),
+        SampleSpec(steps=steps, rule=TauLeaping(), kv_cache=False),  # the oracle reads tokens, not keys
         generator=torch.Generator().manual_seed(0),
     )
     assert not (result.tokens == process.mask_id).any()
     assert total_variation(dist, result.tokens) < 0.04
     assert result.nfe.min() >= -(-L // block)  # at least one evaluation per block
+
+
+@pytest.mark.parametrize("pad", [False, True], ids=["window", "records"])
+@pytest.mark.parametrize("steps", [8, 64])
+def test_key_value_cache_gives_the_same_samples(pad, steps):
+    """The same seed gives the same samples with the prefix's keys and values cached as with the prefix
+    re-read by every call, clamps included; with records (a padding id the network never attends to),
+    each row's padding starts at its own place."""
+    torch.manual_seed(0)
+    cfg = NetConfig(vocab_in=7, vocab_out=6, max_len=14, d_model=32, n_layers=2, n_heads=2, positions="rotary",
+                    pad_id=5 if pad else None)  # fmt: skip
+    net = Transformer(cfg)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    objective = BlockDiffusion(Absorbing(6, support=5 if pad else None), LogLinear(), block_size=3)
+    g = torch.Generator().manual_seed(1)
+    clamp = torch.rand(32, 14, generator=g) < 0.2
+    values = torch.randint(0, 5, (32, 14), generator=g)
+    if pad:  # row r holds padding from position 4 + r % 9 on
+        padding = torch.arange(14)[None, :] >= 4 + torch.arange(32)[:, None] % 9
+        clamp, values = clamp | padding, torch.where(padding, 5, values)
+    samples = {}
+    for kv_cache in (False, True):
+        spec = SampleSpec(steps=steps, rule=TauLeaping(), kv_cache=kv_cache)
+        gen = torch.Generator().manual_seed(2)
+        result = generate_blocks(net.eval(), objective, 32, 14, spec, clamp=clamp, clamp_values=values, generator=gen)
+        samples[kv_cache] = result
+    assert torch.equal(samples[True].tokens, samples[False].tokens)
+    assert torch.equal(samples[True].nfe, samples[False].nfe)
+    assert torch.equal(samples[True].tokens[clamp], values[clamp]) and not (samples[True].tokens == 6).any()
 
 
 def test_block_sampler_holds_clamped_positions():

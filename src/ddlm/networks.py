@@ -87,22 +87,20 @@ class SelfAttention(nn.Module):
         q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
         if rotation is not None:
             q, k = rotate(q, *rotation), rotate(k, *rotation)
-        if attn_mask is not None:  # an explicit pattern (block diffusion) replaces the causal flag
-            if kv_cache is not None or self.causal:
-                raise ValueError("attn_mask is for a non-causal network without a key/value cache")
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
-            )
-            return self.proj(y.transpose(1, 2).reshape(B, L, D))
         is_causal = self.causal
-        if kv_cache is not None:  # incremental AR decoding: append this step's keys and values
+        if kv_cache is not None:  # the cached keys and values come first (AR decoding, a bd3lm prefix)
             if "k" in kv_cache:
                 k = torch.cat([kv_cache["k"], k], dim=2)
                 v = torch.cat([kv_cache["v"], v], dim=2)
-                is_causal = L > 1  # one new query may attend to every cached position
-            kv_cache["k"], kv_cache["v"] = k, v
+                is_causal = self.causal and L > 1  # one new query may attend to every cached position
+            if not kv_cache.get("frozen", False):  # a frozen cache is read, never extended
+                kv_cache["k"], kv_cache["v"] = k, v
+        if attn_mask is not None:  # an explicit pattern (block diffusion, padding) replaces the causal flag
+            if self.causal:
+                raise ValueError("attn_mask is for a non-causal network")
+            is_causal = False
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
         )
         return self.proj(y.transpose(1, 2).reshape(B, L, D))
 
@@ -214,16 +212,26 @@ class Transformer(nn.Module):
         attn_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         x0_estimate: torch.Tensor | None = None,
+        cached_valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`attn_mask` (bool [L, L], True = may attend) replaces full (or causal) attention, and
         `position_ids` (long [L], each < max_len) replace the positions start..start+L-1 in every
         position table; block diffusion feeds [x_t ; x_0] with positions [0..L-1, 0..L-1]. Keys holding
-        the padding id (`cfg.pad_id`) are never attended to. `x0_estimate` ([B, L, vocab_out]
-        probabilities) is the network's own previous estimate of x0, for a self-conditioned network."""
+        the padding id (`cfg.pad_id`) are never attended to; with `kv_caches`, `cached_valid` ([B, Lc]
+        bool) says which cached keys are not padding. `x0_estimate` ([B, L, vocab_out] probabilities)
+        is the network's own previous estimate of x0, for a self-conditioned network.
+
+        `kv_caches` (one dict per layer) hold the keys and values of earlier positions: the input is
+        appended to them (a dict with "frozen": True is read only), and a non-causal network attends to
+        every cached position, so a bd3lm block sees its clean prefix without recomputing it."""
         L = x.shape[1]
-        if self.cfg.pad_id is not None and (x == self.cfg.pad_id).any():
-            keys = (x != self.cfg.pad_id)[:, None, None, :]  # [B, 1, 1, L]: a query sees the record only
-            attn_mask = keys if attn_mask is None else attn_mask & keys
+        if self.cfg.pad_id is not None:
+            valid = x != self.cfg.pad_id
+            if cached_valid is not None:
+                valid = torch.cat([cached_valid, valid], dim=1)
+            if not valid.all():
+                keys = valid[:, None, None, :]  # [B, 1, 1, Lk]: a query sees the record only
+                attn_mask = keys if attn_mask is None else attn_mask & keys
         # a slice when no ids are given, so the default path indexes exactly as before
         pos = slice(start, start + L) if position_ids is None else position_ids
         h = self.embed(x) + self.positions[pos].to(self.embed.weight.dtype)

@@ -108,6 +108,7 @@ class SampleSpec:
     steps: int = 128
     rule: StepRule = field(default_factory=TauLeaping)
     use_cache: bool = True
+    kv_cache: bool = True  # bd3lm: the sampled prefix's keys and values computed once (objectives/bd3lm.py)
     order: OrderPolicy | None = None
     clamp: torch.Tensor | None = None  # [L] bool, the same for every sequence, or [n, L], one per sequence
     clamp_values: torch.Tensor | None = None  # [L] or [n, L]
@@ -248,7 +249,10 @@ class SelfConditioning:
             self.last = torch.zeros(*shape, objective.vocab_size, device=device)
 
     def evaluate(self, net, x: torch.Tensor, sbar: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """The network's output (float32) for the sequences `rows`, whose states are x."""
+        """The network's output (float32) for the sequences `rows`, whose states are x; a network that
+        `wants_rows` (a bd3lm block reading each sequence's prefix) is told which they are."""
+        if getattr(net, "wants_rows", False):
+            return net(x, sbar, rows=rows).float()
         if self.last is None:
             return net(x, sbar).float()
         out = self.objective.network(net, x, sbar, self.last[rows])

@@ -110,6 +110,12 @@ def add_sampling_arguments(p: argparse.ArgumentParser, default_n: int) -> None:
         help="re-run the network at every step (for comparison: same distribution, other draws)",
     )
     p.add_argument(
+        "--no-kv-cache",
+        action="store_true",
+        help="bd3lm: re-read the sampled prefix at every call instead of caching its keys and values "
+        "(for comparison: the same samples, slower)",
+    )
+    p.add_argument(
         "--order",
         choices=ORDERS.names(),
         help="masked runs: commit the best-ranked positions each step (Kim et al.) instead of random",

@@ -100,6 +100,7 @@ def sample_spec(args, session: Session) -> SampleSpec:
         steps=args.steps,
         rule=STEP_RULES[args.sampler](),
         use_cache=not args.no_cache,
+        kv_cache=not args.no_kv_cache,
         batch_size=args.batch_size,
         temperature=args.temperature,
         top_p=args.top_p,

@@ -210,21 +210,47 @@ class BlockDiffusion(MDLM):
         return self.position_loss(out, xt, x0, sbar, sigma).sum(-1)
 
 
-class BlockCausal(torch.nn.Module):
-    """`net` on [x^{<b} ; x^b] with the block-causal mask: the prefix attends block-causally among
-    itself (as the x_0 half does in training) and the last block attends the prefix and itself (as
-    the x_t half does). Its logits for the last block equal the training pass's logits of block b."""
+class BlockPrefix(torch.nn.Module):
+    """The network on the block being sampled, given each sequence's clean prefix x^{<b}.
 
-    def __init__(self, net, block: int):
+    Called as net(x^b [rows], sbar, rows=rows) by the sampler (it evaluates only the sequences that
+    need it), it returns the logits of block b. Without `kv_cache`, every call re-reads the prefix:
+    the network runs on [x^{<b} ; x^b] with the block-causal mask. With it, the prefix's keys and
+    values at every layer are computed once, when a block is finished (`extend`): the prefix attends
+    only to itself under the block-causal mask, so its keys and values do not depend on the block
+    being sampled, and a call runs the block's B positions against them. The same logits, up to float
+    rounding, for the cost of B positions instead of (b + 1) B."""
+
+    wants_rows = True  # sampling.Evaluation passes the rows being evaluated
+    time_conditioned = False
+
+    def __init__(self, net, block: int, batch: int, kv_cache: bool, device):
         super().__init__()
-        self.net, self.block = net, block
+        self.net, self.block, self.kv_cache = net, block, kv_cache
+        self.prefix = torch.zeros(batch, 0, dtype=torch.long, device=device)
+        self.caches = [{} for _ in net.layers] if kv_cache else None
+        self.valid = torch.zeros(batch, 0, dtype=torch.bool, device=device)  # cached keys that are not padding
 
-    @property
-    def time_conditioned(self) -> bool:
-        return self.net.time_conditioned
+    def extend(self, block: torch.Tensor, last: bool = False) -> None:
+        """Append a finished block [batch, B'] to the prefix, and unless it is the `last`, its keys and
+        values to the cache: one pass of the block against the cached prefix."""
+        start = self.prefix.shape[1]
+        self.prefix = torch.cat([self.prefix, block], dim=1)
+        if not self.kv_cache or last:
+            return
+        self.net(block, None, kv_caches=self.caches, start=start, cached_valid=self.valid if start else None)
+        real = block != self.net.cfg.pad_id if self.net.cfg.pad_id is not None else torch.ones_like(block).bool()
+        self.valid = torch.cat([self.valid, real], dim=1)
 
-    def forward(self, x: torch.Tensor, sbar: torch.Tensor | None = None) -> torch.Tensor:
-        return self.net(x, sbar, attn_mask=block_causal_mask(x.shape[1], self.block, x.device))
+    def forward(self, x: torch.Tensor, sbar: torch.Tensor | None = None, rows: torch.Tensor | None = None):
+        rows = slice(None) if rows is None else rows
+        start = self.prefix.shape[1]
+        if not self.kv_cache or start == 0:
+            window = torch.cat([self.prefix[rows], x], dim=1)
+            mask = block_causal_mask(window.shape[1], self.block, x.device)
+            return self.net(window, None, attn_mask=mask)[:, start:]
+        frozen = [{"k": c["k"][rows], "v": c["v"][rows], "frozen": True} for c in self.caches]
+        return self.net(x, None, kv_caches=frozen, start=start, cached_valid=self.valid[rows])
 
 
 @torch.inference_mode()
@@ -241,43 +267,34 @@ def generate_blocks(
     device: torch.device | str = "cpu",
 ) -> SampleResult:
     """Sample block by block, left to right: block b by MDLM's reverse process (`sampling.generate`)
-    on [x^{<b} ; x^b] with the sampled prefix clamped, so only block b is denoised. `steps` is the
-    total over the sequence (`spec.steps`), divided among the blocks: max(1, steps // n_blocks) each, so fewer steps
-    than blocks still take one per block; nfe is summed over blocks.
+    on its own B positions, the network reading the sampled prefix through `BlockPrefix` (its keys and
+    values cached unless `spec.kv_cache` is off: the same samples either way). `steps` is the total
+    over the sequence (`spec.steps`), divided among the blocks: max(1, steps // n_blocks) each, so
+    fewer steps than blocks still take one per block; nfe is summed over blocks and counts the
+    sampler's calls (the cache's one pass over each finished block is not one of them).
 
-    The prefix travels inside the sequence given to `generate` (rather than bound to the wrapper)
-    because the cache evaluates only the rows that changed. Positions clamped by the caller are held in
-    their block; like an AR model, the sampler conditions on them only from their block on.
+    Positions clamped by the caller are held in their block; like an AR model, the sampler conditions
+    on them only from their block on. A block whose positions are all held costs no call.
     """
     size = objective.block_size
     blocks = objective.num_blocks(length)
     per_block = replace(spec, steps=objective.steps_taken(spec.steps, length) // blocks)
-    wrapped = BlockCausal(net, size)
-    x = torch.zeros(batch, 0, dtype=torch.long, device=device)
+    context = BlockPrefix(net, size, batch, spec.kv_cache, device)
     nfe = torch.zeros(batch, dtype=torch.long, device=device)
     for b in range(blocks):
-        end = min((b + 1) * size, length)
-        hold = torch.zeros(batch, end, dtype=torch.bool, device=device)
-        hold[:, : b * size] = True  # the sampled prefix
-        values = torch.zeros(batch, end, dtype=torch.long, device=device)
-        values[:, : b * size] = x
+        lo, hi = b * size, min((b + 1) * size, length)
+        hold = torch.zeros(batch, hi - lo, dtype=torch.bool, device=device)
+        values = torch.zeros(batch, hi - lo, dtype=torch.long, device=device)
         if clamp is not None:
-            hold[:, b * size :] = clamp[:, b * size : end]
-            values[:, b * size :] = clamp_values[:, b * size : end]
-        if hold.all():  # nothing to sample in this block (a record's padding): no network call
-            x = values
-            continue
-        result = generate(
-            wrapped,
-            objective,
-            batch,
-            end,
-            per_block,
-            clamp=hold,
-            clamp_values=values,
-            generator=generator,
-            device=device,
-        )
-        x = result.tokens
-        nfe += result.nfe
-    return SampleResult(tokens=x, nfe=nfe)
+            hold, values = clamp[:, lo:hi], clamp_values[:, lo:hi]
+        if hold.all():
+            block = values
+        else:
+            result = generate(
+                context, objective, batch, hi - lo, per_block, clamp=hold, clamp_values=values, generator=generator,
+                device=device,
+            )  # fmt: skip
+            block = result.tokens
+            nfe += result.nfe
+        context.extend(block, last=b + 1 == blocks)
+    return SampleResult(tokens=context.prefix, nfe=nfe)
