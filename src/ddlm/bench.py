@@ -44,6 +44,7 @@ from .device import autocast_dtype, bf16_is_fast, cpu_supports_bf16, low_precisi
 from .errors import UserError
 from .networks import PRESETS, NetConfig, Transformer
 from .objectives import ScoreEntropy
+from .objectives.bd3lm import BlockDiffusion, generate_blocks
 from .plots import plot_scaling
 from .processes import Absorbing
 from .sampling import SampleSpec, TauLeaping, generate
@@ -252,6 +253,44 @@ def warm_sampler(setup: Setup, net: Transformer, n: int, length: int) -> None:
     time_sampling(setup, net, n, length, 2, use_cache=False, seed=0)
 
 
+# bd3lm's key/value cache: long text (1024 characters) in blocks of 8, where every uncached call re-reads
+# the whole sampled prefix; a few sequences keep the uncached run to seconds
+BLOCK_LENGTH, BLOCK_SIZE, BLOCK_STEPS, BLOCK_SEQUENCES = 1024, 8, 256, 4
+
+
+def measure_block_cache(setup: Setup, args, say: Progress) -> dict:
+    """BD3-LM sampling (`generate_blocks`) of BLOCK_SEQUENCES x BLOCK_LENGTH tokens, with the sampled
+    prefix's keys and values cached and without: seconds, and the speedup (the samples are the same)."""
+    objective = BlockDiffusion(Absorbing(VOCAB), LogLinear(), block_size=BLOCK_SIZE)
+    torch.manual_seed(0)
+    cfg = NetConfig(*objective.net_vocab, BLOCK_LENGTH, positions="rotary", **PRESETS[args.preset])
+    net = low_precision_copy(Transformer(cfg).to(setup.device).eval(), setup.amp)
+    out: dict = {"length": BLOCK_LENGTH, "block": BLOCK_SIZE, "steps": BLOCK_STEPS, "sequences": BLOCK_SEQUENCES}
+    for kv_cache in (True, False):
+        name = "cached" if kv_cache else "uncached"
+        say(
+            f"bd3lm sampling: {BLOCK_SEQUENCES} x {BLOCK_LENGTH}, blocks of {BLOCK_SIZE}, "
+            f"{BLOCK_STEPS} steps, {name} ..."
+        )
+        spec = SampleSpec(steps=BLOCK_STEPS, rule=TauLeaping(), kv_cache=kv_cache)
+        gen = torch.Generator(setup.device).manual_seed(0)
+        sync(setup.device)
+        t0 = time.perf_counter()
+        result = generate_blocks(
+            net, objective, BLOCK_SEQUENCES, BLOCK_LENGTH, spec, generator=gen, device=setup.device
+        )
+        sync(setup.device)
+        seconds = time.perf_counter() - t0
+        out[name] = {
+            "seconds": seconds,
+            "nfe": int(result.nfe.max()),
+            "tokens_per_s": BLOCK_SEQUENCES * BLOCK_LENGTH / seconds,
+        }
+        say(f"  {seconds:.2f} s, nfe {out[name]['nfe']}")
+    out["kv_cache_speedup"] = out["uncached"]["seconds"] / out["cached"]["seconds"]
+    return out
+
+
 # --- the benchmark ----------------------------------------------------------------------------------
 
 
@@ -325,6 +364,7 @@ def run_bench(args, say: Progress) -> dict:
         result["sampling_sequences"] = args.sequences
         last = result["sampling"][str(SAMPLING_STEPS[-1])]
         result["cache_speedup"] = last["uncached"]["seconds"] / last["cached"]["seconds"]
+        result["bd3lm_sampling"] = measure_block_cache(setup, args, say)
         # memory high-water marks so far: the default configuration, before --scaling's long sequences
         result["peak_memory_mib"] = peak_memory_mib(setup.device)
         if args.scaling:
@@ -410,6 +450,13 @@ def format_table(r: dict) -> str:
                 f"{s['samples_per_s']:10.2f} {s['nfe']:6d} {s['network_gflops']:12.1f}"
             )
     lines.append(f"cache speedup at {SAMPLING_STEPS[-1]} steps: {r['cache_speedup']:.1f}x")
+    if "bd3lm_sampling" in r:  # older records have none
+        b = r["bd3lm_sampling"]
+        lines.append(
+            f"bd3lm     {b['sequences']} x {b['length']} tokens, blocks of {b['block']}, {b['steps']} steps: "
+            f"key/value cache {b['cached']['seconds']:.2f} s, without {b['uncached']['seconds']:.2f} s "
+            f"({b['kv_cache_speedup']:.1f}x)"
+        )
     mem = r["peak_memory_mib"]
     lines.append(
         f"peak memory: {mem['rss']:,.0f} MiB resident"
