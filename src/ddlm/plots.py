@@ -173,3 +173,26 @@ def frontier_plot(points: list[dict], out: Path, n: int, steps: int) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     plt.close(fig)
+
+
+def budget_plot(series: dict[str, list[tuple[float, float, float]]], out: Path, title: str) -> None:
+    """Held-out bits per token against training minutes, one line per model: (minutes, bits, MC s.e.)
+    points, the s.e. as error bars (zero for an exact NLL); minutes on a log axis."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for i, (name, points) in enumerate(series.items()):
+        points = sorted(points)
+        minutes, bits, se = zip(*points, strict=True)
+        ax.errorbar(minutes, bits, yerr=se, marker="o", capsize=3, label=name, color=f"C{i}")
+    ax.set_xscale("log")
+    ticks = sorted({m for points in series.values() for m, _, _ in points})
+    ax.set_xticks(ticks, [f"{m:g}" for m in ticks])
+    ax.set_xlabel("training minutes (one thread)")
+    ax.set_ylabel("held-out bits per residue (bound)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
