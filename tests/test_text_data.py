@@ -8,6 +8,7 @@ No test touches the network: downloads and `datasets` are made to fail inside th
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import re
 import sys
@@ -16,14 +17,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SHARED_DATA
 
 from ddlm.data import sources
 from ddlm.data import text as T
 from ddlm.errors import UserError
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-if not SHARED.is_dir():
-    SHARED = Path("/work/shared/data")
+SHARED = Path(os.environ.get("DDLM_DATA_DIR") or SHARED_DATA)  # as .ci/run sets it, else ../shared/data
 needs_shared = pytest.mark.skipif(not (SHARED / "tinystories" / "train.txt").is_file(), reason="no shared data")
 
 
