@@ -66,10 +66,11 @@ def test_eval_json(tiny_run, capsys):
 
 
 def test_resume_is_bitwise_identical(family, tmp_path):
-    """10 + 10 steps with a resume in between equal 20 uninterrupted steps, bit for bit."""
+    """10 + 10 steps with a resume in between equal 20 uninterrupted steps, bit for bit. A one-step
+    warm-up: a run's warm-up is at most a tenth of its steps, and the 10-step run's horizon is 10."""
     from safetensors.torch import load_file
 
-    common = dict(samples=0, eval_every=5, checkpoint_every=100, **FAMILY_RUN)
+    common = dict(samples=0, eval_every=5, checkpoint_every=100, warmup=1, **FAMILY_RUN)
     assert main(train_argv(family, tmp_path / "a", steps=20, **common)) == 0
     assert main(train_argv(family, tmp_path / "b", steps=10, **common)) == 0
     assert main(train_argv(family, tmp_path / "b", steps=20, resume=True, **common)) == 0

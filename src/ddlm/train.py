@@ -51,7 +51,7 @@ LENGTH_HEAD_LR_SCALE = 50.0
 
 # A --time-budget run measures its speed over these steps (after the first, slower ones) and fixes
 # its learning-rate horizon: the steps the rest of the budget buys at that speed.
-PROBE_STEPS = (5, 25)
+PROBE_STEPS = (3, 10)
 
 
 def parameter_groups(net: torch.nn.Module, weight_decay: float) -> list[dict]:

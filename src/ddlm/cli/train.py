@@ -304,7 +304,9 @@ def add_optimiser_arguments(t) -> None:
         "--batch-size", type=number(int, 1, 65_536), help="records per step, over all processes together (32)"
     )
     t.add_argument("--lr", type=number(float, 0, 10, low_open=True))
-    t.add_argument("--warmup", type=positive_int, help="warm-up steps of the learning rate (200)")
+    t.add_argument(
+        "--warmup", type=positive_int, help="warm-up steps of the learning rate (200; at most a tenth of the run)"
+    )
     t.add_argument(
         "--lr-schedule",
         choices=LR_SCHEDULES.names(),
