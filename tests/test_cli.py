@@ -1,5 +1,6 @@
 """The CLI contract other issues build on: JSON shapes, nfe bound, infilling, errors with exit code 2."""
 
+import contextlib
 import math
 
 import pytest
@@ -197,6 +198,28 @@ def test_bad_objective_combinations(family, tmp_path, capsys, flags, needle):
     assert main(["train", "--data", str(family), "--out", str(tmp_path / "r"), *flags]) == 2
     assert needle in capsys.readouterr().err
     assert not (tmp_path / "r").exists()  # nothing is written for a rejected command
+
+
+def test_confidence_order_samples_in_at_most_its_steps(tiny_run, capsys):
+    argv = ["sample", str(tiny_run), "--n", "4", "--steps", "32", "--order", "confidence", "--threshold", "0.5"]
+    result = json_out(capsys, [*argv, "--json", "--quiet"])
+    assert len(result["samples"]) == 4 and result["nfe"] <= 33
+
+
+@pytest.mark.parametrize(
+    "flags,needle",
+    [
+        (["--threshold", "0.9"], "--threshold"),
+        (["--order", "top-prob", "--threshold", "0.9"], "--threshold"),
+        (["--order", "confidence", "--remask"], "--remask"),
+        (["--order", "confidence", "--threshold", "1.5"], "--threshold"),
+    ],
+)
+def test_bad_threshold_combinations(tiny_run, capsys, flags, needle):
+    with pytest.raises(SystemExit) if "1.5" in flags else contextlib.nullcontext():
+        assert main(["sample", str(tiny_run), "--n", "2", "--steps", "4", *flags]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
 
 
 def test_semi_ar_is_rejected_for_proteins(tiny_run, capsys):

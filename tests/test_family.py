@@ -127,7 +127,7 @@ def tiny_net(seed=0):
     return net.eval()
 
 
-@pytest.mark.parametrize("order", sorted(ORDERS))
+@pytest.mark.parametrize("order", sorted(set(ORDERS) - {"confidence"}))  # confidence: its own tests below
 @pytest.mark.parametrize("remask", [False, True], ids=["commit", "remask"])
 def test_orders_commit_the_scheduled_count_and_keep_conditioning(order, remask):
     process = Absorbing(5)
@@ -157,6 +157,45 @@ def test_orders_commit_the_scheduled_count_and_keep_conditioning(order, remask):
         assert torch.equal((state == process.mask_id).sum(-1), expected), (i, order)
         assert torch.equal(state[clamp], values[clamp])
     assert not (result.tokens == process.mask_id).any()
+
+
+def test_confidence_keeps_masked_what_neither_the_schedule_nor_the_threshold_commits():
+    probs = torch.tensor([[[0.95, 0.05], [0.6, 0.4], [0.99, 0.01], [0.5, 0.5], [0.97, 0.03]]])
+    masked = torch.tensor([[True, True, True, True, False]])  # the last one is committed already
+    free = torch.ones(1, 5, dtype=torch.bool)
+    policy = ORDERS["confidence"](threshold=0.9)
+    # the schedule would keep 4 of 5 free positions masked; two masked ones are sure, so 2 stay
+    assert policy.keep_masked(probs, masked, free, 0.8).tolist() == [2]
+    assert policy.keep_masked(probs, masked, free, 0.2).tolist() == [1]  # the schedule asks for more
+    # nothing sure: still one position per call
+    assert ORDERS["confidence"](threshold=0.999).keep_masked(probs, masked, free, 1.0).tolist() == [3]
+
+
+def confidence_samples(threshold, order="confidence", steps=12):
+    toy = ToyDistribution()
+    objective = MDLM(Absorbing(toy.V), LogLinear(eps=0.0))
+    policy = ORDERS[order](threshold=threshold) if order == "confidence" else ORDERS[order]()
+    spec = SampleSpec(steps=steps, rule=TauLeaping(), order=policy)
+    net = ExactAbsorbingNet(toy, objective.process.mask_id, 1.0)
+    return generate(net, objective, 64, toy.L, spec, generator=torch.Generator().manual_seed(3), keep_history=True)
+
+
+def test_confidence_decodes_in_fewer_calls_and_at_least_one_position_per_call():
+    V, L = ToyDistribution().V, ToyDistribution().L  # the mask id is V
+    # 3 steps for 3 positions: the schedule commits one a step, as does a threshold no probability
+    # exceeds, so the samples equal top-prob's; a threshold every prediction exceeds takes one call
+    strict, ranked = confidence_samples(1.0, steps=L), confidence_samples(None, order="top-prob", steps=L)
+    assert torch.equal(strict.tokens, ranked.tokens) and (strict.nfe == L).all()
+    eager = confidence_samples(1e-9, steps=L)
+    assert (eager.nfe == 1).all() and not (eager.tokens == V).any()
+    # the toy's conditionals are flat (top probabilities about 0.34 to 0.37): 0.36 lets a few through
+    assert eager.nfe.sum() < confidence_samples(0.36, steps=L).nfe.sum() < strict.nfe.sum()
+    # 64 steps for 3 positions: the schedule alone would commit nothing at most steps; every call commits
+    patient = confidence_samples(0.999, steps=64)
+    masked = [(state == V).sum(-1) for state in patient.history]
+    for before, after in zip(masked, masked[1:], strict=False):
+        assert ((after < before) | (before == 0)).all()
+    assert masked[L].eq(0).all() and not (patient.tokens == V).any()
 
 
 def test_commit_top_picks_best_scores_and_remask_can_demote():

@@ -10,6 +10,11 @@ model's prediction there, so only the order differs between policies.
 With `remask` (RDM, Zheng et al.), committed tokens keep the score they were committed with and
 compete with the new candidates every step: the best-scored positions stay or become committed,
 and a committed token that is outranked returns to the mask.
+
+`confidence` (Fast-dLLM, Wu et al.) commits, besides what the schedule asks, every masked position
+whose top probability exceeds a threshold P, and at least one position per call: where the model is
+sure it decodes many positions in one network call, so a sample may finish in far fewer calls than
+`--steps`.
 """
 
 from __future__ import annotations
@@ -22,9 +27,21 @@ from .registry import Registry
 class OrderPolicy:
     name: str
 
-    def __init__(self, noise: float = 0.0, remask: bool = False):
+    def __init__(self, noise: float = 0.0, remask: bool = False, threshold: float | None = None):
         self.noise = noise  # Gumbel noise scale added to the scores (0: deterministic ranking)
         self.remask = remask
+        self.threshold = threshold
+
+    def refusal(self) -> str | None:
+        """Why these settings make no sense for this policy (a one-line error), or None."""
+        if self.threshold is not None:
+            return f"--threshold is for --order confidence, not --order {self.name}"
+        return None
+
+    def keep_masked(self, probs: torch.Tensor, masked: torch.Tensor, free: torch.Tensor, fraction: float):
+        """[B] how many free positions stay masked after this step: the schedule's count, round(n_free *
+        m(t_next)), for a masked fraction m(t_next) = `fraction`."""
+        return masked_target(free.sum(-1), fraction)
 
     def score(self, probs: torch.Tensor, generator) -> torch.Tensor:
         """[B, L] confidence of each position from the normalised prediction probs [B, L, V]."""
@@ -64,6 +81,29 @@ class TopMargin(OrderPolicy):
     def score(self, probs, generator):
         top2 = probs.topk(2, dim=-1).values
         return top2[..., 0] - top2[..., 1]
+
+
+@ORDERS.register
+class Confidence(TopProbability):
+    """Rank by top probability; commit the schedule's count, every masked position whose top
+    probability exceeds `threshold`, and at least one masked position, whichever is most."""
+
+    name = "confidence"
+    default_threshold = 0.9
+
+    def __init__(self, noise: float = 0.0, remask: bool = False, threshold: float | None = None):
+        super().__init__(noise, remask, self.default_threshold if threshold is None else threshold)
+
+    def refusal(self) -> str | None:
+        if self.remask:
+            return "--remask: --order confidence commits tokens for good; use --order top-prob to remask"
+        return None
+
+    def keep_masked(self, probs, masked, free, fraction):
+        n_masked = masked.sum(-1)
+        sure = (masked & (probs.max(-1).values > self.threshold)).sum(-1)
+        commit = torch.maximum(sure, (n_masked > 0).long())
+        return torch.minimum(super().keep_masked(probs, masked, free, fraction), n_masked - commit)
 
 
 def masked_target(n_free: torch.Tensor, masked_fraction: float) -> torch.Tensor:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .device import low_precision_copy
-from .ordering import OrderPolicy, commit_top, masked_target
+from .ordering import OrderPolicy, commit_top
 from .processes import Absorbing, Process
 from .registry import Registry
 from .schedules import Schedule
@@ -348,11 +348,12 @@ def masked_fraction(schedule: Schedule, t: float) -> float:
 
 
 def ordered_step(objective, order: OrderPolicy, x, s, t_next, free, committed_score, generator):
-    """Commit the policy's best-ranked masked positions so round(n_free * m(t_next)) stay masked."""
+    """Commit the policy's best-ranked masked positions so that as many stay masked as the policy says
+    (`OrderPolicy.keep_masked`: round(n_free * m(t_next)) unless it decodes by confidence)."""
     probs = s / s.sum(-1, keepdim=True).clamp(min=1e-30)
     candidates = draw(probs, generator)
     score = order.noisy_score(probs, generator)
-    keep = masked_target(free.sum(-1), masked_fraction(objective.schedule, t_next))
+    keep = order.keep_masked(probs, x == objective.process.mask_id, free, masked_fraction(objective.schedule, t_next))
     return commit_top(x, candidates, score, free, objective.process.mask_id, keep, committed_score)
 
 

@@ -124,6 +124,13 @@ def add_sampling_arguments(p: argparse.ArgumentParser, default_n: int) -> None:
         "--order-noise", type=number(float, 0, 1e6), default=0.0, metavar="G", help="Gumbel noise on the ranking"
     )
     p.add_argument(
+        "--threshold",
+        type=number(float, 0, 1, low_open=True),
+        metavar="P",
+        help="--order confidence: also commit, in the same call, every masked position whose top probability "
+        "exceeds P (default 0.9); at least one per call, so a sample may take fewer calls than --steps",
+    )
+    p.add_argument(
         "--temperature",
         type=number(float, 0, 100, low_open=True),
         default=1.0,

@@ -106,8 +106,12 @@ def sample_spec(args, session: Session) -> SampleSpec:
         top_p=args.top_p,
     )
     order = "top-prob" if args.remask and args.order is None else args.order  # RDM re-ranks by confidence
+    if order is None and args.threshold is not None:
+        raise UserError("--threshold is for --order confidence")
     if order is not None:
-        spec.order = ORDERS[order](noise=args.order_noise, remask=args.remask)
+        spec.order = ORDERS[order](noise=args.order_noise, remask=args.remask, threshold=args.threshold)
+        if (refusal := spec.order.refusal()) is not None:
+            raise UserError(refusal)
     if getattr(args, "semi_ar", False):
         if args.length is None or args.length[0] != args.length[1]:
             raise UserError("--semi-ar needs --length N, the tokens to generate")
