@@ -2,6 +2,7 @@
 estimator unbiased, and combinations that make no sense are refused."""
 
 import itertools
+import json
 import math
 
 import pytest
@@ -10,6 +11,7 @@ from conftest import json_out, train_argv
 from toy import ExactRecordNet, RecordToy
 
 from ddlm.cli import main
+from ddlm.config import RunConfig
 from ddlm.objectives import MDLM, ScoreEntropy
 from ddlm.objectives.estimators import mask_counts, position_weight, unit_draws
 from ddlm.processes import Absorbing
@@ -79,7 +81,8 @@ def test_every_estimator_has_the_exact_nll_as_its_mean(cls, scale, form, draws, 
 @pytest.mark.parametrize(
     "flags,needle",
     [
-        (["--loss-weight", "0.5"], "--train-form count"),
+        (["--loss-weight", "0.5", "--train-form", "time"], "--train-form count"),
+        (["--process", "uniform", "--loss-weight", "0.5"], "--train-form count"),
         (["--count-sampling", "importance", "--train-form", "time"], "--train-form count"),
         (["--process", "uniform", "--train-form", "count"], "--process absorbing"),
         (["--objective", "ar", "--train-form", "count"], "--objective mdlm or sedd"),
@@ -90,6 +93,35 @@ def test_estimator_options_that_make_no_sense_are_refused(family, tmp_path, caps
     err = capsys.readouterr().err
     assert needle in err and err.count("error:") == 1
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    "flags,form,weight",
+    [
+        ([], "count", 0.5),  # masked diffusion: the count form, gamma 0.5 (the ablation's winner)
+        (["--objective", "mdlm", "--loss-weight", "1"], "count", 1.0),
+        (["--objective", "mdlm", "--train-form", "time"], "time", 1.0),
+        (["--process", "uniform"], "time", 1.0),  # only the time form fits a process that does not mask
+    ],
+)
+def test_estimator_defaults_are_settled_per_run_and_saved(family, tmp_path, flags, form, weight):
+    """Form and weight left open are chosen for the run's process and written to its config.json, so
+    a later change of default leaves the run's meaning alone."""
+    assert main([*train_argv(family, tmp_path / "r", steps=1), *flags]) == 0
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())["objective_options"]
+    assert (saved["train_form"], saved["loss_weight"]) == (form, weight)
+
+
+def test_a_run_saved_before_the_estimator_options_trained_the_time_form(family, tmp_path):
+    run = tmp_path / "r"
+    assert main(train_argv(family, run, steps=1)) == 0
+    record = json.loads((run / "config.json").read_text())
+    record["objective_options"] = {}
+    (run / "config.json").write_text(json.dumps(record))
+    config = RunConfig.read(run)
+    assert config.objective_class.refuse(config) is None
+    objective = config.build_objective()
+    assert (objective.train_form, objective.loss_weight) == ("time", 1.0)
 
 
 class SpyNet(torch.nn.Module):

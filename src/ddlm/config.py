@@ -120,6 +120,7 @@ class RunConfig:
         owners = option_owners()
         given = {f: v for f in owners if (v := getattr(args, option_dest(f))) is not None}
         options = {o.keyword: given.get(o.flag, o.default) for o in objective.options}
+        options = objective.settle_options(options, args.process)
         train = TrainConfig(seed=args.seed, precision=args.precision)
         train = replace(train, **{k: getattr(args, k) for k in TrainConfig.FLAGS if getattr(args, k) is not None})
         config = cls(

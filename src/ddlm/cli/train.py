@@ -263,7 +263,7 @@ def add_model_arguments(t) -> None:
 
 def add_option(t, option: Option, objectives: list[str]) -> None:
     """An objective's own flag; not given, it is None (the objective's default applies)."""
-    help = f"{', '.join(objectives)}: {option.help} ({option.default})"
+    help = f"{', '.join(objectives)}: {option.help} ({option.default_help or option.default})"
     if option.kind is bool:
         t.add_argument(option.flag, action="store_true", default=None, help=help)
     elif option.choices:

@@ -11,7 +11,7 @@ its registration (`@OBJECTIVES.register`, and the module's import in `__init__.p
 
 * `options`: its own `ddlm train` flags (each a constructor keyword saved in the run's config);
 * `refuse`: the run configurations it cannot train, with the one-line reason a user sees;
-* `schedule_config` and `time_conditioning_default`: its defaults;
+* `schedule_config`, `time_conditioning_default` and `settle_options`: its defaults;
 * `sample` and `sampling_refusal`: the sampler that draws from it and the sampling flags it refuses;
 * `for_evaluation` and `bound_at`: how `ddlm eval` estimates its held-out bound.
 """
@@ -28,7 +28,7 @@ from ..processes import Absorbing, Process
 from ..registry import Registry
 from ..sampling import SampleResult, SampleSpec, generate
 from ..schedules import LogLinear, Schedule
-from .estimators import mask_counts, position_weight, unit_draws
+from .estimators import mask_counts, position_weight, settle_estimator_options, unit_draws
 from .option import Option
 
 
@@ -71,6 +71,12 @@ class Objective:
         if name is not None:
             return {"name": name}
         return {"name": "geometric"} if process == "uniform" else {"name": "loglinear", "eps": 1e-3}
+
+    @classmethod
+    def settle_options(cls, options: dict, process: str) -> dict:
+        """Its options for a run on `process`, with those whose default is None (the user left them
+        open) chosen; the run's config.json saves the result, so a later default changes no run."""
+        return options
 
     @classmethod
     def time_conditioning_default(cls, process: str) -> bool:
@@ -179,6 +185,12 @@ class DiffusionObjective(Objective):
         self.train_form, self.noise_draws = train_form, noise_draws
         self.count_sampling, self.loss_weight = count_sampling, loss_weight
         self.self_conditioning = self_conditioning
+
+    @classmethod
+    def settle_options(cls, options, process):
+        if "train_form" not in options:  # an objective without the estimator options (d3pm, bd3lm)
+            return options
+        return settle_estimator_options(options, masked=process == "absorbing")
 
     def network(self, net, xt: torch.Tensor, sbar: torch.Tensor, condition: bool | torch.Tensor = True) -> torch.Tensor:
         """The network's output at x_t, in float32. A self-conditioned objective feeds it an estimate of

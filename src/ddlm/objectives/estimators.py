@@ -15,6 +15,10 @@ sequence, and how that sample is drawn and weighted decides how much each step t
   the bound's 1/r (gamma = 1); gamma = 0 is plain cross-entropy on the masked positions. The factor
   2 - gamma keeps the average weight of the bound's. gamma < 1 is not the bound: evaluation always
   reports the bound itself.
+
+Defaults (`settle_estimator_options`), chosen by the equal-wall-clock ablation in the README: the
+count form with gamma = 0.5 for a masked process (ACYP, 10 minutes, one thread: MDLM 2.698 bits per
+residue against 2.890 with the time form and the bound's weights), the time form otherwise.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from __future__ import annotations
 import torch
 
 from .option import Option
+
+COUNT_FORM_WEIGHT = 0.5  # the default gamma of the count form
 
 NOISE_DRAWS = Option(
     "noise_draws",
@@ -35,9 +41,10 @@ TRAIN_FORM = Option(
     "train_form",
     "--train-form",
     str,
-    "time",
+    None,
     "the bound's estimator training follows: time (t ~ U, weight 1/t) or count (k of n masked, weight n/k)",
     choices=("time", "count"),
+    default_help="count for the absorbing process, time otherwise",
 )
 COUNT_SAMPLING = Option(
     "count_sampling",
@@ -51,11 +58,12 @@ LOSS_WEIGHT = Option(
     "loss_weight",
     "--loss-weight",
     float,
-    1.0,
+    None,
     "count form: gamma, a masked position weighs (2 - gamma) (n/k)^gamma: 1 the bound, 0 plain cross-entropy",
     0.0,
     1.0,
     metavar="GAMMA",
+    default_help=f"{COUNT_FORM_WEIGHT} with the count form",
 )
 SELF_CONDITIONING = Option(
     "self_conditioning",
@@ -67,12 +75,27 @@ SELF_CONDITIONING = Option(
 ESTIMATOR_OPTIONS = (TRAIN_FORM, NOISE_DRAWS, COUNT_SAMPLING, LOSS_WEIGHT, SELF_CONDITIONING)
 
 
+def settle_estimator_options(options: dict, masked: bool) -> dict:
+    """The options with the form and weight the user left open (None) chosen: the count form with
+    gamma = COUNT_FORM_WEIGHT for a masked process, the time form (which only the bound's weights fit)
+    otherwise."""
+    form = options.get(TRAIN_FORM.keyword) or ("count" if masked else "time")
+    weight = options.get(LOSS_WEIGHT.keyword)
+    if weight is None:
+        weight = COUNT_FORM_WEIGHT if form == "count" else 1.0
+    return {**options, TRAIN_FORM.keyword: form, LOSS_WEIGHT.keyword: weight}
+
+
 def estimator_refusal(options: dict, masked: bool) -> str | None:
-    """Why these estimator options make no sense together (or for a process that does not mask), or None."""
-    count_only = [o.flag for o in (COUNT_SAMPLING, LOSS_WEIGHT) if options.get(o.keyword, o.default) != o.default]
-    form = options.get(TRAIN_FORM.keyword, TRAIN_FORM.default)
+    """Why these (settled) estimator options make no sense together (or for a process that does not
+    mask), or None."""
+    form = options.get(TRAIN_FORM.keyword, "time")  # runs older than the option trained the time form
+    count_only = [LOSS_WEIGHT.flag] if options.get(LOSS_WEIGHT.keyword, 1.0) != 1.0 else []
+    if options.get(COUNT_SAMPLING.keyword, COUNT_SAMPLING.default) != COUNT_SAMPLING.default:
+        count_only.insert(0, COUNT_SAMPLING.flag)
     if count_only and form != "count":
-        return f"{' and '.join(count_only)} apply to --train-form count"
+        verb = "apply" if len(count_only) > 1 else "applies"
+        return f"{' and '.join(count_only)} {verb} to --train-form count"
     if form == "count" and not masked:
         return "--train-form count needs --process absorbing (it counts masked positions)"
     return None

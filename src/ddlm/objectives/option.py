@@ -9,7 +9,8 @@ from typing import Any
 @dataclass(frozen=True)
 class Option:
     """A constructor keyword of the objectives that list it, set by a `ddlm train` flag: an int or float
-    in [low, high], one of `choices` (str), or a switch (bool)."""
+    in [low, high], one of `choices` (str), or a switch (bool). A `default` of None is settled by the
+    objective for the run (`Objective.settle_options`), and `default_help` says how."""
 
     keyword: str
     flag: str
@@ -20,3 +21,4 @@ class Option:
     high: int | float | None = None
     choices: tuple[str, ...] = ()
     metavar: str | None = None
+    default_help: str | None = None
