@@ -530,7 +530,8 @@ def test_ddp_two_processes_match_one_process(family, tmp_path):
     """torchrun with 2 gloo processes (global batch 16 = 2 x 8), 10 steps, then --resume to 20 (all ranks
     load the checkpoint), against one process with batch 16 for 20 steps. Both see the same records and
     the same noise, so every logged training loss and held-out bound agrees to float reduction order."""
-    flags = dict(eval_every=5, log_every=1, checkpoint_every=5, json=True)
+    # warm-up 1: the default scales with each session's --steps (10, then 20), which would differ
+    flags = dict(eval_every=5, log_every=1, checkpoint_every=5, warmup=1, json=True)
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     one = ddlm(*train(family, single, steps=20, **flags))
     assert one.returncode == 0, one.stderr
