@@ -133,7 +133,7 @@ def test_pickle_checkpoints_are_refused(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_help_for_every_command():
-    for command in ("train", "sample", "infill", "eval", "bench", "report", "export"):
+    for command in ("train", "sample", "infill", "eval", "distill", "bench", "report", "export"):
         result = run_cli(command, "--help")
         assert result.returncode == 0 and "usage: ddlm " + command in result.stdout
 

@@ -69,6 +69,9 @@ def option_dest(flag: str) -> str:
     return flag.lstrip("-").replace("-", "_")
 
 
+DEFAULT_SAMPLING_STEPS = 128
+
+
 @dataclass
 class RunConfig:
     """Everything that defines a run. Fields the data decides (tokenizer, vocab_size, net) stay None
@@ -87,6 +90,8 @@ class RunConfig:
     vocab_size: int | None = None
     support: int | None = None  # tokens the process moves (a record's residues); None: all of them
     net: NetConfig | None = None
+    # a distilled student's origin (`ddlm distill`): teacher, its steps, the student's steps, the rounds
+    lineage: dict | None = None
     # objective-specific flags the user gave, of any objective (not saved: a saved run has only its own)
     flags_given: dict[str, Any] = field(default_factory=dict)
 
@@ -98,6 +103,11 @@ class RunConfig:
     def length(self) -> int | None:
         """Positions per training sequence, once the data is known."""
         return None if self.net is None else self.net.max_len
+
+    @property
+    def sampling_steps(self) -> int:
+        """The reverse-process steps `ddlm sample` takes unless told: a distilled student's own count."""
+        return self.lineage["steps"] if self.lineage else DEFAULT_SAMPLING_STEPS
 
     def validate(self) -> RunConfig:
         """Raise a UserError naming the flags for the first rule this configuration breaks."""
@@ -189,6 +199,7 @@ class RunConfig:
             "preset": self.preset,
             "net": self.net.to_dict(),
             "train": self.train.to_dict(),
+            **({"lineage": self.lineage} if self.lineage else {}),
         }
 
     @classmethod
@@ -208,6 +219,7 @@ class RunConfig:
             vocab_size=record["vocab_size"],
             support=record.get("support"),  # runs before length-aware modelling have none
             net=net,
+            lineage=record.get("lineage"),
         )
 
     def write(self, run_dir: Path) -> None:

@@ -1,4 +1,4 @@
-"""Command line: `ddlm train | sample | infill | eval | bench | report | export`, one module per command.
+"""Command line: `ddlm train | sample | infill | eval | distill | bench | report | export`, one module per command.
 
 `--json` prints exactly one JSON object on stdout; logs and progress bars go to stderr. A mistake in
 the input (file, record, flag, template) prints one line naming it and exits with code 2.
@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from ..errors import UserError
-from . import bench, evaluate, sample, tools, train
+from . import bench, distill, evaluate, sample, tools, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_parser(sub)
     sample.add_parsers(sub)
     evaluate.add_parser(sub)
+    distill.add_parser(sub)
     bench.add_parser(sub)
     tools.add_parsers(sub)
     return parser

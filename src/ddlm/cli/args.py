@@ -98,7 +98,9 @@ def add_sampling_arguments(p: argparse.ArgumentParser, default_n: int) -> None:
     """The flags `sample` and `infill` share: how many, how (steps, rule, cache, order), where to."""
     p.add_argument("run", help="run directory")
     p.add_argument("--n", type=positive_int, default=default_n, help="number of sequences")
-    p.add_argument("--steps", type=positive_int, default=128, help="reverse-process steps")
+    p.add_argument(
+        "--steps", type=positive_int, help="reverse-process steps (default 128; a distilled student's own count)"
+    )
     p.add_argument("--sampler", choices=STEP_RULES.names(), default="tau-leaping")
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--batch-size", type=positive_int, default=64)

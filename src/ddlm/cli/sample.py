@@ -97,7 +97,7 @@ def infill_spec(session: Session, spec: SampleSpec, template: Template, n: int, 
 def sample_spec(args, session: Session) -> SampleSpec:
     """The sampling flags, checked against the run (its objective refuses what it cannot do)."""
     spec = SampleSpec(
-        steps=args.steps,
+        steps=args.steps or session.loaded.config.sampling_steps,
         rule=STEP_RULES[args.sampler](),
         use_cache=not args.no_cache,
         kv_cache=not args.no_kv_cache,

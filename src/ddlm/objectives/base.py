@@ -143,6 +143,10 @@ class Objective:
         """Why this objective cannot sample as `spec` asks (or draw the denoising animation), or None."""
         return None
 
+    def distill_refusal(self) -> str | None:
+        """Why `ddlm distill` cannot shorten this objective's sampler (distill.py), or None."""
+        return f"ddlm distill shortens a masked diffusion sampler (mdlm, sedd absorbing); this run is {self.name}"
+
     @property
     def any_order(self) -> bool:
         """Can the network give p(x_i | any subset of the other positions) (a masked diffusion)? Then it
@@ -240,6 +244,13 @@ class DiffusionObjective(Objective):
     @property
     def any_order(self) -> bool:
         return self.masked
+
+    def distill_refusal(self):
+        if not (self.masked and self.time_separable):
+            return super().distill_refusal()
+        if self.self_conditioning:
+            return "ddlm distill: a self-conditioned run is not supported (its sampler feeds each call an estimate)"
+        return None
 
     def loss(self, net, x0, t=None, generator=None, t_min=1e-3, condition: bool = True):
         B = x0.shape[0]

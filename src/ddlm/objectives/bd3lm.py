@@ -172,6 +172,9 @@ class BlockDiffusion(MDLM):
         blocks = self.num_blocks(length)
         return max(1, steps // blocks) * blocks
 
+    def distill_refusal(self):
+        return "ddlm distill: a bd3lm run samples block by block; distilling its blocks is not supported"
+
     def sampling_refusal(self, spec, animate=False):
         if spec.semi_ar_length:
             return "--semi-ar: a bd3lm run already samples block by block; it has no semi-AR mode"

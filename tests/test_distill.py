@@ -1,0 +1,137 @@
+"""Self-distillation through time (distill.py, `ddlm distill`): the student's target is the teacher's
+two-step mixture, checked against an enumeration; the student is an ordinary run; bad requests are refused."""
+
+import itertools
+import json
+import math
+
+import pytest
+import torch
+from conftest import json_out
+
+from ddlm.cli import main
+from ddlm.distill import halving_rounds, two_step_target
+from ddlm.objectives import MDLM
+from ddlm.processes import Absorbing
+from ddlm.sampling import TauLeaping
+from ddlm.schedules import LogLinear
+
+
+class TableTeacher(torch.nn.Module):
+    """A teacher whose prediction at each of the (V + 1)^L states is a fixed random table: unlike the
+    exact conditionals, its second call need not average back to its first, so the target's mixture
+    shows."""
+
+    time_conditioned = False
+
+    def __init__(self, V: int, L: int, seed: int):
+        super().__init__()
+        self.V, self.L = V, L
+        g = torch.Generator().manual_seed(seed)
+        self.logits = 2.0 * torch.randn((V + 1) ** L, L, V, generator=g, dtype=torch.float64)
+
+    def forward(self, xt, sbar=None):
+        return self.logits[(xt * (self.V + 1) ** torch.arange(self.L)).sum(-1)]
+
+    def probs(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.forward(x[None])[0], dim=-1)
+
+
+def exact_two_step_target(teacher: TableTeacher, xt: torch.Tensor, keep_t: float, keep_mid: float) -> torch.Tensor:
+    """E[target] by enumerating the teacher's first step from one state xt [L]: each masked position
+    stays masked or becomes y (probability u p_T(y | xt), u = (keep_mid - keep_t) / (1 - keep_t) the
+    absorbing reverse step of a normalised prediction, keep = e^-sbar); the target is the first
+    prediction where the position unmasked, the teacher's prediction at the step's result elsewhere."""
+    mask = teacher.V
+    u = (keep_mid - keep_t) / (1 - keep_t)
+    first = teacher.probs(xt)
+    masked = (xt == mask).nonzero().squeeze(-1).tolist()
+    expected = torch.zeros(teacher.L, teacher.V, dtype=torch.float64)
+    for outcome in itertools.product([None, *range(teacher.V)], repeat=len(masked)):
+        x_mid, p = xt.clone(), 1.0
+        for i, y in zip(masked, outcome, strict=True):
+            if y is None:
+                p *= 1 - u
+            else:
+                x_mid[i] = y
+                p *= u * first[i, y].item()
+        second = teacher.probs(x_mid)
+        for i, y in zip(masked, outcome, strict=True):
+            expected[i] += p * (first[i] if y is not None else second[i])
+    return expected
+
+
+@pytest.mark.parametrize("state", [[3, 3, 3], [1, 3, 3], [3, 0, 3]])
+def test_two_step_target_is_the_teachers_two_step_mixture(state):
+    """The mean of the sampled targets equals the enumerated mixture within Monte-Carlo error, and the
+    one-call target p_T(. | x_t) (what a student ignoring the teacher's second step would learn) is
+    rejected by the same bound."""
+    V, L = 3, 3
+    schedule = LogLinear(eps=0.0)
+    objective = MDLM(Absorbing(V), schedule)
+    teacher = TableTeacher(V, L, seed=1)
+    n = 40_000
+    xt = torch.tensor(state).expand(n, -1)
+    t, t_mid = torch.full((n,), 0.9, dtype=torch.float64), torch.full((n,), 0.35, dtype=torch.float64)
+    target = two_step_target(objective, teacher, xt, t, t_mid, TauLeaping(), torch.Generator().manual_seed(0))
+    target = target.double()
+    mean, se = target.mean(0), target.std(0) / math.sqrt(n)
+    keep = torch.exp(-schedule.total(torch.tensor([0.9, 0.35], dtype=torch.float64)))
+    exact = exact_two_step_target(teacher, torch.tensor(state), keep[0].item(), keep[1].item())
+    masked = torch.tensor(state) == V
+    assert (mean[masked] - exact[masked]).abs().max() < 5 * se[masked].max() + 1e-4, (mean, exact)
+    one_call = teacher.probs(torch.tensor(state))
+    assert (one_call[masked] - exact[masked]).abs().max() > 10 * se[masked].max()
+
+
+def test_halving_rounds():
+    assert halving_rounds(1024, 16) == [1024, 512, 256, 128, 64, 32]
+    assert halving_rounds(32, 16) == [32]
+    for teacher, student in [(1024, 24), (16, 16), (48, 5)]:
+        with pytest.raises(ValueError):
+            halving_rounds(teacher, student)
+
+
+def test_student_is_an_ordinary_run(tiny_run, tmp_path, capsys):
+    """Two rounds 32 -> 16 -> 8: the student's config keeps the teacher's and adds its lineage; sample
+    takes the student's 8 steps unless told (at most 9 calls a sequence), and eval reads it."""
+    student = tmp_path / "student"
+    argv = ["distill", str(tiny_run), "--out", str(student), "--steps", "8", "--teacher-steps", "32"]
+    result = json_out(capsys, [*argv, "--train-steps", "3", "--quiet", "--json"])
+    assert [r["teacher_steps"] for r in result["rounds"]] == [32, 16] and result["rounds"][-1]["train_steps"] == 3
+    assert math.isfinite(result["heldout"]["bits_per_token"])
+    teacher_config = json.loads((tiny_run / "config.json").read_text())
+    config = json.loads((student / "config.json").read_text())
+    lineage = config.pop("lineage")
+    assert config["net"] == teacher_config["net"] and config["objective"] == teacher_config["objective"]
+    assert lineage["steps"] == 8 and lineage["rounds_done"] == 2 and lineage["teacher_steps"] == 32
+    sampled = json_out(capsys, ["sample", str(student), "--n", "4", "--json"])
+    assert max(sampled["nfe"] if isinstance(sampled["nfe"], list) else [sampled["nfe"]]) <= 9
+    assert all(sampled["valid"])
+    taught = json_out(capsys, ["sample", str(tiny_run), "--n", "4", "--json"])  # 128 steps: more calls
+    assert max(taught["nfe"] if isinstance(taught["nfe"], list) else [taught["nfe"]]) > 9
+    assert math.isfinite(json_out(capsys, ["eval", str(student), "--time-samples", "1", "--json"])["bits_per_token"])
+
+
+@pytest.mark.parametrize(
+    "flags,needle",
+    [
+        (["--steps", "1024"], "fewer steps than its teacher's 1024"),
+        (["--steps", "24"], "--steps 24"),
+        (["--steps", "4", "--teacher-steps", "12"], "--steps 4"),
+    ],
+)
+def test_distill_requests_that_cannot_be_met_are_refused(tiny_run, tmp_path, capsys, flags, needle):
+    assert main(["distill", str(tiny_run), "--out", str(tmp_path / "s"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("error:") == 1
+    assert not (tmp_path / "s").exists()
+
+
+def test_distill_refuses_an_ar_run_and_a_missing_one(make_run, tmp_path, capsys):
+    ar = make_run(objective="ar", steps=2, samples=0, max_len=48, batch_size=16)
+    assert main(["distill", str(ar), "--out", str(tmp_path / "s"), "--steps", "16"]) == 2
+    assert "this run is ar" in capsys.readouterr().err
+    assert main(["distill", str(tmp_path / "nothing"), "--out", str(tmp_path / "s"), "--steps", "16"]) == 2
+    assert "no such run directory" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
