@@ -5,8 +5,9 @@ natural held-out and shuffled sequences.
 
 Each run needs `ddlm eval RUN --json` (RUN/eval.json: the held-out bound) and
 `ddlm eval RUN --task proteins --n N --steps S` (RUN/protein_metrics.json: the sample metrics with the
-natural and shuffled reference rows). Sampling speed is measured here: N fresh samples at S steps on
---threads threads, the run's default sampler. Prints a Markdown table.
+natural and shuffled reference rows). Sampling speed is the eval's own timing of its samples when it
+ran on --threads threads, else measured here: N fresh samples at S steps on --threads threads, the
+run's default sampler. Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -63,7 +64,11 @@ def main() -> None:
         held = json.loads((Path(path) / EVAL).read_text())
         reference = reference or metrics
         se = f" +- {held['mc_standard_error']:.3f}" if "mc_standard_error" in held else ""
-        speed = f"{samples_per_second(path, args.n, args.steps):.1f}"
+        timed = metrics["settings"].get("sampling_seconds")  # measured by the eval that drew the samples
+        if timed is not None and metrics["settings"].get("threads") == args.threads:
+            speed = f"{metrics['samples']['n'] / timed:.1f}"
+        else:
+            speed = f"{samples_per_second(path, args.n, args.steps):.1f}"
         name = f"{held['objective']} ({Path(path).name})"
         lines.append(row(name, metrics["samples"], f"{held['bits_per_token']:.3f}{se}", held["bound"], speed))
     lines.insert(2, row("natural held-out", reference["natural"], "", "", ""))

@@ -1,6 +1,7 @@
 """The CLI contract other issues build on: JSON shapes, nfe bound, infilling, errors with exit code 2."""
 
 import contextlib
+import json
 import math
 
 import pytest
@@ -225,3 +226,13 @@ def test_bad_threshold_combinations(tiny_run, capsys, flags, needle):
 def test_semi_ar_is_rejected_for_proteins(tiny_run, capsys):
     assert main(["sample", str(tiny_run), "--semi-ar", "--length", "300"]) == 2
     assert "--semi-ar" in capsys.readouterr().err
+
+
+def test_eval_proteins_times_its_samples(tiny_run, capsys):
+    """`eval --task proteins` draws fresh samples and records how long the drawing took and on how many
+    threads (the sampling speed of the README's protein table), beside the metrics."""
+    pytest.importorskip("pyhmmer")
+    result = json_out(capsys, ["eval", str(tiny_run), "--task", "proteins", "--n", "4", "--steps", "8", "--json"])
+    settings = result["settings"]
+    assert result["samples"]["n"] == 4 and settings["sampling_seconds"] > 0 and settings["threads"] >= 1
+    assert json.loads((tiny_run / "protein_metrics.json").read_text())["settings"] == settings

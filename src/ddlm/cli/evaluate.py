@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from ..errors import UserError
@@ -106,12 +107,12 @@ def eval_proteins(args, session: Session) -> tuple[dict, str]:
     from ..data.fasta import read_records
     from ..evaluate.protein import protein_report
 
-    well_formed = None
+    well_formed, seconds = None, None
     if args.samples:
         samples = read_records(args.samples)
     else:
         spec = SampleSpec(steps=args.steps, batch_size=args.batch_size)
-        ids, _, _ = session.sample(args.n, spec, args.seed, args.quiet)
+        ids, _, seconds = session.sample(args.n, spec, args.seed, args.quiet)
         samples, valid = domain.decode(ids)
         well_formed = sum(valid) / len(valid)
     heldout = [domain.tokenizer().decode(row)[0] for row in domain.heldout()]
@@ -120,6 +121,8 @@ def eval_proteins(args, session: Session) -> tuple[dict, str]:
     if well_formed is not None:
         result["samples"]["well_formed"] = well_formed
     result["settings"]["samples_from"] = args.samples or f"{args.n} fresh samples, {args.steps} steps"
+    if seconds is not None:  # the sampling alone, on this machine's threads (torch.get_num_threads())
+        result["settings"].update(sampling_seconds=seconds, threads=torch.get_num_threads())
     (Path(args.run) / PROTEIN_METRICS).write_text(json.dumps(result, indent=1))
     rows = [k for k in ("samples", "natural", "shuffled") if k in result]
     keys = [k for k, v in result["samples"].items() if isinstance(v, int | float)]
