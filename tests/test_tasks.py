@@ -35,6 +35,16 @@ def test_sudoku_eval_keeps_givens_and_reports(sudoku_run, capsys, order):
     assert result["givens_mean"] >= 40
 
 
+def test_sudoku_eval_takes_the_confidence_threshold(sudoku_run, capsys):
+    """A threshold below every top probability commits every blank in the first call; --threshold
+    without --order confidence is refused."""
+    argv = ["eval", str(sudoku_run), "--task", "sudoku", "--givens", "40", "--n", "4", "--quiet"]
+    result = json_out(capsys, [*argv, "--order", "confidence", "--threshold", "1e-9", "--json"])
+    assert result["nfe"] == 1 and result["order"] == "confidence"
+    assert main([*argv, "--order", "top-prob", "--threshold", "0.5"]) == 2
+    assert "--threshold is for --order confidence" in capsys.readouterr().err
+
+
 def test_sudoku_solver_never_changes_givens(sudoku_run):
     from ddlm.domains import SudokuDomain
     from ddlm.evaluate.sudoku import solve

@@ -7,7 +7,8 @@ import argparse
 import math
 import sys
 
-from ..ordering import ORDERS
+from ..errors import UserError
+from ..ordering import ORDERS, OrderPolicy
 from ..sampling import STEP_RULES
 
 
@@ -82,6 +83,30 @@ class Deprecated(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+def order_policy(order: str | None, noise: float, remask: bool, threshold: float | None) -> OrderPolicy | None:
+    """The unmasking order the flags --order, --order-noise, --remask and --threshold ask for (None: the
+    sampler's own random unmasking), or a UserError naming the flag that does not fit."""
+    order = "top-prob" if remask and order is None else order  # RDM re-ranks by confidence
+    if order is None:
+        if threshold is not None:
+            raise UserError("--threshold is for --order confidence")
+        return None
+    policy = ORDERS[order](noise=noise, remask=remask, threshold=threshold)
+    if (refusal := policy.refusal()) is not None:
+        raise UserError(refusal)
+    return policy
+
+
+def add_threshold_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--threshold",
+        type=number(float, 0, 1, low_open=True),
+        metavar="P",
+        help="--order confidence: also commit, in the same call, every masked position whose top probability "
+        "exceeds P (default 0.9); at least one per call, so a sample may take fewer calls than --steps",
+    )
+
+
 def add_runtime_arguments(p: argparse.ArgumentParser, quiet_help: str = "no progress bar") -> None:
     """--device, --precision and --quiet, the same for every command that runs a network."""
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
@@ -125,13 +150,7 @@ def add_sampling_arguments(p: argparse.ArgumentParser, default_n: int) -> None:
     p.add_argument(
         "--order-noise", type=number(float, 0, 1e6), default=0.0, metavar="G", help="Gumbel noise on the ranking"
     )
-    p.add_argument(
-        "--threshold",
-        type=number(float, 0, 1, low_open=True),
-        metavar="P",
-        help="--order confidence: also commit, in the same call, every masked position whose top probability "
-        "exceeds P (default 0.9); at least one per call, so a sample may take fewer calls than --steps",
-    )
+    add_threshold_argument(p)
     p.add_argument(
         "--temperature",
         type=number(float, 0, 100, low_open=True),

@@ -14,7 +14,7 @@ from ..evaluate.likelihood import evaluate_bound
 from ..ordering import ORDERS
 from ..rundir import EVAL, PROTEIN_METRICS
 from ..sampling import SampleSpec
-from .args import SEED, add_runtime_arguments, log, number, positive_int
+from .args import SEED, add_runtime_arguments, add_threshold_argument, log, number, order_policy, positive_int
 from .sample import Session
 
 DIFFICULTY_GIVENS = {"easy": 36, "medium": 30, "hard": 25}
@@ -69,8 +69,7 @@ def eval_sudoku(args, session: Session) -> tuple[dict, str]:
     givens = args.givens or DIFFICULTY_GIVENS[args.difficulty]
     puzzles, solutions = session.domain.puzzles(args.puzzles, givens, args.n, args.puzzle_seed)
     spec = SampleSpec(steps=args.steps, batch_size=args.batch_size)
-    if args.order:
-        spec.order = ORDERS[args.order](noise=args.order_noise)
+    spec.order = order_policy(args.order, args.order_noise, False, args.threshold)
     bar = tqdm(total=len(puzzles), disable=args.quiet, file=sys.stderr, unit="puzzle", dynamic_ncols=True)
     loaded = session.loaded
     predictions, nfe, seconds = sudoku_eval.solve(
@@ -150,6 +149,7 @@ def add_parser(sub) -> None:
     e.add_argument("--samples", help="proteins: a FASTA file of samples to judge (default: --n fresh samples)")
     e.add_argument("--order", choices=ORDERS.names(), help="sudoku: unmasking order (default: Tweedie, random)")
     e.add_argument("--order-noise", type=number(float, 0, 1e6), default=0.0, metavar="G")
+    add_threshold_argument(e)
     e.add_argument("--puzzles", help="sudoku: a puzzle file (puzzle,solution or puzzle-only lines)")
     e.add_argument(
         "--difficulty",

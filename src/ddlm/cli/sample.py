@@ -15,11 +15,10 @@ from ..device import autocast, autocast_dtype, pick_device
 from ..domains import Domain, domain_from_config
 from ..errors import UserError
 from ..infill import Template, arrangement_nll, choose_arrangements
-from ..ordering import ORDERS
 from ..plots import denoising_gif
 from ..run import LoadedRun, load_run
 from ..sampling import STEP_RULES, SampleSpec, generate, sample_many, spec_clamp
-from .args import add_sampling_arguments, length_range, log
+from .args import add_sampling_arguments, length_range, log, order_policy
 
 
 @dataclass
@@ -105,13 +104,7 @@ def sample_spec(args, session: Session) -> SampleSpec:
         temperature=args.temperature,
         top_p=args.top_p,
     )
-    order = "top-prob" if args.remask and args.order is None else args.order  # RDM re-ranks by confidence
-    if order is None and args.threshold is not None:
-        raise UserError("--threshold is for --order confidence")
-    if order is not None:
-        spec.order = ORDERS[order](noise=args.order_noise, remask=args.remask, threshold=args.threshold)
-        if (refusal := spec.order.refusal()) is not None:
-            raise UserError(refusal)
+    spec.order = order_policy(args.order, args.order_noise, args.remask, args.threshold)
     if getattr(args, "semi_ar", False):
         if args.length is None or args.length[0] != args.length[1]:
             raise UserError("--semi-ar needs --length N, the tokens to generate")
