@@ -179,6 +179,8 @@ def budget_plot(series: dict[str, list[tuple[float, float, float]]], out: Path, 
     """Held-out bits per token against training minutes, one line per model: (minutes, bits, MC s.e.)
     points, the s.e. as error bars (zero for an exact NLL); minutes on a log axis."""
     plt = _pyplot()
+    from matplotlib.ticker import NullLocator
+
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for i, (name, points) in enumerate(series.items()):
         points = sorted(points)
@@ -187,6 +189,7 @@ def budget_plot(series: dict[str, list[tuple[float, float, float]]], out: Path, 
     ax.set_xscale("log")
     ticks = sorted({m for points in series.values() for m, _, _ in points})
     ax.set_xticks(ticks, [f"{m:g}" for m in ticks])
+    ax.xaxis.set_minor_locator(NullLocator())  # only the budgets are marked
     ax.set_xlabel("training minutes (one thread)")
     ax.set_ylabel("held-out bits per residue (bound)")
     ax.set_title(title, fontsize=9)
