@@ -77,10 +77,11 @@ class SelfDistillation:
         j = torch.randint(0, self.teacher_steps // 2, (x0.shape[0],), generator=generator, device=device)
         times = self.times.to(device)
         t, t_mid = times[2 * j], times[2 * j + 1]
-        xt = self.objective.process.perturb(x0, self.objective.schedule.total(t).float()[:, None], generator)
+        sbar = self.objective.schedule.total(t).float()
+        xt = self.objective.process.perturb(x0, sbar[:, None], generator)
         with torch.no_grad():
             target = two_step_target(self.objective, self.teacher, xt, t, t_mid, self.rule, generator)
-        _, log_student = normalised_scores(self.objective, net, xt, self.objective.schedule.total(t).float())
+        _, log_student = normalised_scores(self.objective, net, xt, sbar)
         # a token off the support has target 0 and log-probability -inf: it adds 0, not nan
         kl = (target * (target.clamp(min=1e-30).log() - log_student.clamp(min=-1e4))).sum(-1)
         return torch.where(xt == self.objective.process.mask_id, kl, 0.0).sum(-1)
