@@ -52,6 +52,28 @@ def test_ar_kv_cache_gives_the_same_samples(positions):
     assert torch.equal(runs[0], runs[1])
 
 
+def test_ar_stops_when_every_record_has_ended():
+    """With end_id set, sampling stops after the last sequence's end marker: each record is the same up to
+    its end marker as without the stop, pad after it, and the batch took fewer network calls."""
+    torch.manual_seed(0)
+    end_id, pad_id, length = 3, 4, 40
+    net = Transformer(NetConfig(vocab_in=6, vocab_out=5, max_len=length, d_model=32, n_layers=2, n_heads=2,
+                                causal=True))  # fmt: skip
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    net.head.bias.data[end_id] += 2.0  # records end early, so the stop has something to save
+    net.eval()
+    objective = AutoRegressive(Absorbing(5), None)
+    spec = SampleSpec(end_id=end_id, pad_id=pad_id)
+    full = generate_ar(net, objective, 16, length, SampleSpec(), generator=torch.Generator().manual_seed(1))
+    stopped = generate_ar(net, objective, 16, length, spec, generator=torch.Generator().manual_seed(1))
+    ends = [int((row == end_id).nonzero()[0]) for row in full.tokens]
+    assert int(stopped.nfe.max()) == max(ends) + 1 < length
+    for row_full, row_stopped, end in zip(full.tokens, stopped.tokens, ends, strict=True):
+        assert torch.equal(row_stopped[: end + 1], row_full[: end + 1])
+        assert bool((row_stopped[max(ends) + 1 :] == pad_id).all())
+
+
 @pytest.mark.parametrize("process", [Absorbing(4), Uniform(4)], ids=["absorbing", "uniform"])
 def test_d3pm_posterior_equals_bayes(process):
     """q(x_{k-1} = a | x_k = b, x0 = c) = P_step[b, a] P_prev[a, c] / P_k[b, c], dense matrices from matrix_exp."""

@@ -159,9 +159,12 @@ class ProteinDomain(Domain):
         exactly n residues: every sample is well formed by construction. A length-aware model draws n from
         its own p(n), renormalised to `lengths` (min, max); a model without a length head (a fixed
         window, AR) takes one given length, its free positions restricted to residues. A template
-        (spec.clamp) has already fixed the frame."""
+        (spec.clamp) has already fixed the frame. A record ends at its end marker, padding after it, which
+        lets a left-to-right sampler stop when every sequence has ended."""
         if spec.clamp is not None:
             return spec
+        tokenizer = self.tokenizer()
+        spec = replace(spec, end_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
         low, high = lengths or (1, self.max_residues)
         if not 1 <= low <= high <= self.max_residues:
             raise UserError(f"--length {low}:{high}: this model holds 1 to {self.max_residues} residues")

@@ -175,6 +175,39 @@ def frontier_plot(points: list[dict], out: Path, n: int, steps: int) -> None:
     plt.close(fig)
 
 
+def speed_quality_plot(
+    points: list[dict], out: Path, quality: str, quality_label: str, title: str, log_quality: bool = False
+) -> None:
+    """Sample quality (`quality` of each point) against sequences per second, one colour per run, each
+    point a decoding setting: left, sampled in batches (throughput); right, one sequence at a time
+    (latency). Speed on a log axis, and quality too where `log_quality` (a perplexity)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), dpi=120, sharey=True)
+    runs = list(dict.fromkeys(p["run"] for p in points))
+    for ax, speed, what in (
+        (axes[0], "sequences_per_second", "in batches"),
+        (axes[1], "sequences_per_second_one_at_a_time", "one sequence at a time"),
+    ):
+        for i, run in enumerate(runs):
+            mine = [p for p in points if p["run"] == run]
+            ax.plot([p[speed] for p in mine], [p[quality] for p in mine], "o-", label=run, color=f"C{i}", ms=5)
+            for p in mine:
+                ax.annotate(p["setting"], (p[speed], p[quality]), fontsize=7, alpha=0.8,
+                            xytext=(3, 3), textcoords="offset points")  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_xlabel(f"sequences per second, {what}")
+        ax.grid(alpha=0.3)
+    if log_quality:
+        axes[0].set_yscale("log")
+    axes[0].set_ylabel(quality_label)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+
+
 def budget_plot(series: dict[str, list[tuple[float, float, float]]], out: Path, title: str) -> None:
     """Held-out bits per token against training minutes, one line per model: (minutes, bits, MC s.e.)
     points, the s.e. as error bars (zero for an exact NLL); minutes on a log axis."""

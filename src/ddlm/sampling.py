@@ -117,6 +117,10 @@ class SampleSpec:
     top_p: float = 1.0  # < 1 keeps only the nucleus: the likeliest tokens holding this much of the mass
     semi_ar_length: int | None = None  # grow past the window to this many tokens
     batch_size: int = 64
+    # records that end: after end_id comes only pad_id, so a left-to-right sampler may stop once every
+    # sequence of its batch has ended (proteins; set by the domain)
+    end_id: int | None = None
+    pad_id: int | None = None
 
     def shape(self, s: torch.Tensor) -> torch.Tensor:
         """The scores [..., V] as this spec samples them: the tokens not allowed at zero, then each

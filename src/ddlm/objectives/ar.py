@@ -70,12 +70,19 @@ def generate_ar(
 
     A clamped position is forced to its value; the model conditions on it only from then on, so an
     AR model is conditioned by a prefix, not by later positions. `spec.shape` restricts the tokens
-    (`allowed`) and applies the temperature and nucleus.
+    (`allowed`) and applies the temperature and nucleus. Where records end (`spec.end_id`), sampling
+    stops once every sequence has drawn its end marker and fills the rest with `spec.pad_id`, what a
+    record holds after its end: the same seed gives the same records up to their end markers, in
+    fewer calls.
     """
     x = torch.empty(batch, length, dtype=torch.long, device=device)
     inputs = torch.full((batch, 1), objective.start_id, dtype=torch.long, device=device)
     caches = [{} for _ in net.layers] if spec.use_cache else None
+    ended = torch.zeros(batch, dtype=torch.bool, device=device)
     for i in range(length):
+        if spec.end_id is not None and bool(ended.all()) and (clamp is None or not bool(clamp[:, i:].any())):
+            x[:, i:] = spec.pad_id
+            return SampleResult(tokens=x, nfe=torch.full((batch,), i, device=device))
         if spec.use_cache:
             logits = net(inputs[:, -1:], kv_caches=caches, start=i)[:, -1]
         else:
@@ -84,5 +91,7 @@ def generate_ar(
         if clamp is not None:
             token = torch.where(clamp[:, i], clamp_values[:, i], token)
         x[:, i] = token
+        if spec.end_id is not None:
+            ended |= token == spec.end_id
         inputs = torch.cat([inputs, token[:, None]], dim=1)
     return SampleResult(tokens=x, nfe=torch.full((batch,), length, device=device))
