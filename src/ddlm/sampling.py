@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -394,24 +394,51 @@ def sample_many(net, objective, n: int, length: int, spec: SampleSpec, *, seed: 
     chunks, nfe = [], 0
     start = time.perf_counter()
     net = low_precision_copy(net, amp)
+    trims = not spec.semi_ar_length and padding_unseen(net, spec)
+    if trims:  # records of like length share a batch, so each batch's window ends near its records
+        order = torch.argsort(record_ends(spec), stable=True)
+        spec = replace(spec, clamp=spec.clamp[order], clamp_values=spec.clamp_values[order])
     for first in range(0, n, spec.batch_size):
         b = min(spec.batch_size, n - first)
         clamp, values = spec_clamp(spec, first, b, device)
+        window = int(record_ends(spec, first, b).max()) if trims else length
 
-        def sample_window(clamp, values, b=b):
+        def sample_window(clamp, values, b=b, window=window):
             return objective.sample(
-                net, b, length, spec, clamp=clamp, clamp_values=values, generator=gen, device=device
+                net, b, window, spec, clamp=clamp, clamp_values=values, generator=gen, device=device
             )
 
         if spec.semi_ar_length:
             result = generate_semi_ar(sample_window, b, spec.semi_ar_length, length, length // 2, device)
         else:
-            result = sample_window(clamp, values)
-        chunks.append(result.tokens.cpu())
+            result = sample_window(*(None, None) if clamp is None else (clamp[:, :window], values[:, :window]))
+        tokens = result.tokens if window == length else torch.cat([result.tokens, values[:, window:]], dim=1)
+        chunks.append(tokens.cpu())
         nfe = max(nfe, int(result.nfe.max()))
         if progress is not None:
             progress.update(b)
-    return torch.cat(chunks), nfe, time.perf_counter() - start
+    samples = torch.cat(chunks)
+    if trims:
+        samples = samples[torch.argsort(order)]
+    return samples, nfe, time.perf_counter() - start
+
+
+def padding_unseen(net, spec: SampleSpec) -> bool:
+    """True when the samples' frames end in held padding (one frame per sequence) that the network never
+    attends to (`cfg.pad_id`, a length-aware record layout): the window can then stop at a batch's
+    longest record, and every output at a record's own positions is unchanged."""
+    pad_id = getattr(getattr(net, "cfg", None), "pad_id", None)
+    return pad_id is not None and spec.clamp is not None and spec.clamp.dim() == 2 and spec.pad_id == pad_id
+
+
+def record_ends(spec: SampleSpec, first: int = 0, b: int | None = None) -> torch.Tensor:
+    """[b] for the frames first .. first + b - 1: the position where each one's held padding begins
+    (the window length its record needs)."""
+    rows = slice(first, None if b is None else first + b)
+    padding = spec.clamp[rows] & (spec.clamp_values[rows] == spec.pad_id)
+    length = padding.shape[1]
+    tail = padding.flip(1).long().cumprod(1).sum(1)  # held padding at the end of each frame
+    return (length - tail).clamp(min=1)
 
 
 def spec_clamp(spec: SampleSpec, first: int, b: int, device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
