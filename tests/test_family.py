@@ -172,7 +172,7 @@ def test_orders_commit_the_scheduled_count_and_keep_conditioning(order, remask):
         generator=g,
         keep_history=True,
     )
-    times = torch.linspace(1.0, 1e-5, steps + 1, dtype=torch.float64).tolist()
+    times = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64).tolist()
     n_free = (~clamp).sum(-1)
     for i, state in enumerate(result.history[1 : steps + 1], start=1):
         expected = torch.round(n_free.double() * masked_fraction(objective.schedule, times[i])).long()

@@ -417,7 +417,7 @@ def measure_sampling(setup: Setup, net: Transformer, args, say: Progress) -> dic
         for cached in (True, False):
             name = "cached" if cached else "uncached"
             say(f"sampling: {args.sequences} x {args.length}, {steps} steps, {name} ...")
-            with tqdm(total=steps + 1, disable=say.quiet, file=sys.stderr, unit="step", leave=False) as bar:
+            with tqdm(total=steps, disable=say.quiet, file=sys.stderr, unit="step", leave=False) as bar:
                 r = time_sampling(setup, net, args.sequences, args.length, steps, cached, seed=steps, progress=bar)
             sampling[str(steps)][name] = r
             say(f"  {r['seconds']:.2f} s, nfe {r['nfe']}, {r['sequences_per_minute']:.1f} sequences/min")

@@ -1,9 +1,10 @@
 """Self-distillation through time (SDTT, Deschenaux & Gulcehre 2025): a student that samples in half
 the steps of its teacher, halved again round after round.
 
-The sampler of K steps walks the grid t_0 = 1 > t_1 > ... > t_K = t_end (`sampling.reverse_times`);
+The sampler of K steps walks the grid t_0 = 1 > t_1 > ... > t_K = 0 (`sampling.reverse_times`);
 in step t -> s a masked position unmasks with probability min(1, w(t, s) sum_y s_y(t)) (the step
-rule's `unmask_weight`) and becomes y with probability proportional to the score s_y(t). A student of
+rule's `unmask_weight`; 1 in the last step, to t = 0) and becomes y with probability proportional to
+the score s_y(t). A student of
 K / 2 steps takes the teacher's steps 2j and 2j + 1 as its one step j. Its target at x_t, a draw of the
 forward process at t = t_2j, is built from the teacher's two steps:
 
@@ -31,8 +32,6 @@ import torch
 from .objectives import Objective
 from .sampling import StepRule, TauLeaping, draw, reverse_times
 from .train import Trainer
-
-T_END = 1e-5  # the sampler's last time before its final denoising step (sampling.generate)
 
 
 def normalised_scores(
@@ -70,7 +69,7 @@ class SelfDistillation:
             raise ValueError(f"a student halves its teacher's steps: {teacher_steps} is not even")
         self.objective, self.teacher, self.teacher_steps = objective, teacher, teacher_steps
         self.rule = rule or TauLeaping()
-        self.times = torch.tensor(reverse_times(objective.schedule, teacher_steps, T_END), dtype=torch.float64)
+        self.times = torch.tensor(reverse_times(objective.schedule, teacher_steps), dtype=torch.float64)
 
     def training_loss(self, net, x0: torch.Tensor, generator=None) -> torch.Tensor:
         device = x0.device

@@ -1,7 +1,8 @@
 """Reverse-process samplers for the diffusion objectives.
 
-`generate` runs the reverse process from t = 1 to t_end and then denoises once more, so a finished
-absorbing sample never contains the mask. Each step asks the step rule (`TauLeaping`, `Euler`) for
+`generate` runs the reverse process from t = 1 to 0 in `steps` steps, the last of which denoises
+(t -> 0), so `steps` steps take at most `steps` network calls and a finished absorbing sample never
+contains the mask. Each step asks the step rule (`TauLeaping`, `Euler`) for
 per-position transition probabilities and draws the next state with one uniform number per
 position. The clocked sampler below draws its coins in another order: same law, other samples.
 
@@ -142,12 +143,13 @@ class SampleSpec:
         return torch.nan_to_num(p) * total
 
 
-def reverse_times(schedule: Schedule, steps: int, t_end: float) -> list[float]:
-    """steps + 1 times from t = 1 down to t_end. A schedule with sbar(1) = inf (all masked at t = 1, as
-    D3PM's absorbing one) starts just below 1, where the total noise is finite; the state there is
-    still all-mask with probability 1 - 1e-6."""
+def reverse_times(schedule: Schedule, steps: int) -> list[float]:
+    """steps + 1 evenly spaced times from t = 1 down to 0; the last step (to t = 0) is the denoising one
+    (`final_probs`). A schedule with sbar(1) = inf (all masked at t = 1, as D3PM's absorbing one) starts
+    just below 1, where the total noise is finite; the state there is still all-mask with probability
+    1 - 1e-6."""
     t_start = 1.0 if torch.isfinite(schedule.total(torch.tensor(1.0, dtype=torch.float64))) else 1.0 - 1e-6
-    return torch.linspace(t_start, t_end, steps + 1, dtype=torch.float64).tolist()
+    return torch.linspace(t_start, 0.0, steps + 1, dtype=torch.float64).tolist()
 
 
 @torch.inference_mode()
@@ -162,7 +164,6 @@ def generate(
     clamp_values: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
-    t_end: float = 1e-5,
     keep_history: bool = False,
     progress=None,
 ) -> SampleResult:
@@ -180,7 +181,7 @@ def generate(
     if clamp is not None:
         x = torch.where(clamp, clamp_values, x)
     free = torch.ones_like(x, dtype=torch.bool) if clamp is None else ~clamp
-    times = reverse_times(objective.schedule, spec.steps, t_end)
+    times = reverse_times(objective.schedule, spec.steps)
     cache_ok = spec.use_cache and not net.time_conditioned
     if cache_ok and spec.order is None and objective.time_separable and not keep_history:
         tokens, nfe = generate_clocked(net, objective, spec, x, free, times, generator, progress)
@@ -188,13 +189,13 @@ def generate(
     scores = CachedScores(net, objective, x.shape, spec, cache_ok, device)
     history = [x.clone()] if keep_history else None
     committed_score = torch.full(x.shape, torch.inf, device=device) if spec.order and spec.order.remask else None
-    for i in range(spec.steps + 1):
+    for i in range(spec.steps):
         active = ~objective.process.finished(x)
         if not active.any():
             break
-        t, t_next = times[i], 0.0 if i == spec.steps else times[i + 1]
+        t, t_next = times[i], times[i + 1]
         s = scores(x, t, active)
-        if spec.order is not None and i < spec.steps:
+        if spec.order is not None:
             new, committed_score = ordered_step(objective, spec.order, x, s, t_next, free, committed_score, generator)
         else:
             new = draw(step_probs(objective, spec.rule, x, s, t, t_next), generator)
@@ -278,7 +279,8 @@ def generate_clocked(
 
     After an evaluation, a sequence's scores at step k are s_y(t_k) = r_y / expm1(sbar(t_k)), r the
     scores at time factor 1. Each masked free position unmasks at step k independently with probability
-    min(1, w_k sum_y s_y(t_k)) (the step rule's weight w_k), and the last step unmasks all that remain.
+    min(1, w_k sum_y s_y(t_k)) (the step rule's weight w_k), and the last step (to t = 0) unmasks all
+    that remain.
     The sequence draws these coins step after step on its own clock until some position unmasks; those
     positions take y with probability proportional to r_y, and the sequence waits for its next
     evaluation. Every waiting sequence is evaluated in one call, so a batch costs as many calls as its
@@ -289,8 +291,8 @@ def generate_clocked(
     steps = len(times) - 1
     t = torch.tensor(times, dtype=torch.float64)
     sbar = schedule.total(t)
-    weight = torch.full((steps + 1,), torch.inf, dtype=torch.float64)  # the last step (to t = 0) takes all
-    weight[:steps] = spec.rule.unmask_weight(schedule, t[:-1], t[1:]) / torch.expm1(sbar[:-1])
+    weight = torch.full((steps,), torch.inf, dtype=torch.float64)  # the last step (to t = 0) takes all
+    weight[:-1] = spec.rule.unmask_weight(schedule, t[:-2], t[1:-1]) / torch.expm1(sbar[:-2])
     weight = weight.to(x.device)
     unit_time = torch.tensor(math.log(2.0), device=x.device)  # expm1(sbar) = 1: the time factor is 1
     lookahead = 32  # steps of coins drawn at once; a sequence's next event is usually a few steps away
@@ -310,9 +312,9 @@ def generate_clocked(
         rate = s.sum(-1).double() * masked[rows]  # [b, L]; zero where nothing can happen
         hit, waiting = torch.zeros_like(masked[rows]), torch.arange(len(rows), device=x.device)
         while len(waiting):  # walk each waiting sequence forward until one of its positions unmasks
-            k = (clock[rows[waiting]][:, None] + torch.arange(lookahead, device=x.device)).clamp(max=steps)
+            k = (clock[rows[waiting]][:, None] + torch.arange(lookahead, device=x.device)).clamp(max=steps - 1)
             p = (rate[waiting][:, :, None] * weight[k][:, None, :]).clamp(max=1.0)  # [b, L, lookahead]
-            p = torch.where((k == steps)[:, None, :] & masked[rows[waiting]][:, :, None], 1.0, p)
+            p = torch.where((k == steps - 1)[:, None, :] & masked[rows[waiting]][:, :, None], 1.0, p)
             coins = torch.rand(p.shape, generator=generator, device=x.device, dtype=torch.float64) < p
             any_hit = coins.any(1)  # [b, lookahead]
             found = any_hit.any(-1)
@@ -327,16 +329,16 @@ def generate_clocked(
         x[rows] = xs
         if progress is not None:  # as far as the slowest unfinished clock
             left = ((x == process.mask_id) & free).any(-1)
-            now = int(clock[left].min()) if left.any() else steps + 1
+            now = int(clock[left].min()) if left.any() else steps
             progress.update(max(0, now - done_steps))
             done_steps = max(done_steps, now)
     return x, nfe
 
 
-def final_probs(process: Process, schedule: Schedule, xt, s, t_end: float) -> torch.Tensor:
-    """Last step from t_end to 0: a Tweedie step; for the absorbing process the mask is not an option,
-    so a masked position draws y with probability proportional to s_y."""
-    probs = TauLeaping().probs(process, schedule, xt, s, t_end, 0.0)
+def final_probs(process: Process, schedule: Schedule, xt, s, t: float) -> torch.Tensor:
+    """Last step, from t to 0: a Tweedie step; for the absorbing process the mask is not an option, so
+    a masked position draws y with probability proportional to s_y."""
+    probs = TauLeaping().probs(process, schedule, xt, s, t, 0.0)
     if isinstance(process, Absorbing):
         masked = (xt == process.mask_id)[..., None]
         real = torch.cat([s, torch.zeros_like(s[..., :1])], dim=-1)
