@@ -64,6 +64,8 @@ def test_evaluation_of_records_is_the_nll_within_its_error():
     exact = sum(nll(toy, row) for row in range(len(toy.records))) / math.log(2) / result["tokens"]
     assert result["tokens"] == int((toy.lengths + 1).sum())  # residues + end marker
     assert abs(result["bits_per_token"] - exact) < 4 * result["mc_standard_error"] + 1e-9
+    one_draw = evaluate_bound(net, objective, toy.ids, toy.tok.real_tokens(toy.ids), time_samples=1, seed=3)
+    assert "mc_standard_error" not in one_draw  # not estimable from one draw per sequence; never a 0
 
 
 class ExactUniformRecordNet(torch.nn.Module):

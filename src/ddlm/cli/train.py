@@ -190,9 +190,10 @@ def finish(args, run: TrainingRun, trainer: Trainer, summary: dict) -> dict:
 
 def summary_text(result: dict, domain: Domain) -> str:
     h = result["heldout"]
-    if "mc_standard_error" in h:
+    if h["bound"] != "exact":
+        se = f"+- {h['mc_standard_error']:.4f} MC s.e.; " if "mc_standard_error" in h else ""
         lines = [
-            f"held-out NELBO: {h['bits_per_token']:.4f} bits/token (+- {h['mc_standard_error']:.4f} MC s.e.; "
+            f"held-out NELBO: {h['bits_per_token']:.4f} bits/token ({se}"
             f"{h['tokens']} tokens = {domain.token_unit}, {h['time_samples']} time samples per sequence)"
         ]
     else:

@@ -77,5 +77,6 @@ def evaluate_bound(
     }
     if not exact:
         result["time_samples"] = K
-        result["mc_standard_error"] = (variance.sqrt() / scale).item()
+        if K > 1:  # one draw per sequence cannot tell the Monte-Carlo error from the spread of sequences
+            result["mc_standard_error"] = (variance.sqrt() / scale).item()
     return result
