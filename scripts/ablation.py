@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ddlm.bench import cpu_model
+from ddlm.bench import cpu_description
 
 
 def ddlm(*args: str, env: dict) -> subprocess.Popen:
@@ -66,7 +66,7 @@ def main() -> None:
             held = summaries[name]["heldout"]  # what `ddlm eval RUN --time-samples 4` gives
             results[name] = {"flags": flags, "steps": summaries[name]["steps"], "minutes": args.minutes, **held}
         table_path.write_text(json.dumps(results, indent=1))
-    print(f"{cpu_model()}; one thread per run, {args.parallel} runs at a time; {args.data}")
+    print(f"{cpu_description()}; one thread per run, {args.parallel} runs at a time; {args.data}")
     print("| run | flags | minutes | steps | held-out bits/token | bound |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, r in results.items():

@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ddlm.bench import cpu_model
+from ddlm.bench import cpu_description
 from ddlm.plots import budget_plot
 
 
@@ -34,7 +34,7 @@ def main() -> None:
                for t in tables if name in t]
         for name in names
     }  # fmt: skip
-    title = f"ACYP held-out; {cpu_model()}; one thread per run, two runs at a time"
+    title = f"ACYP held-out; {cpu_description()}; one thread per run, two runs at a time"
     budget_plot(series, Path(args.out), title)
     minutes = sorted({m for points in series.values() for m, _, _ in points})
     print(f"{title}\n")

@@ -6,7 +6,7 @@ parallel decoding pays on this machine.
 
 Rows: AR (left to right, its key/value cache); the diffusion run at each of --steps; the same run with
 `--order confidence --threshold P` (at --confidence-steps); each distilled student at its own steps
-(and, for comparison, at the steps of every other student); BD3-LM at --bd3lm-steps with and without
+(and the teacher at every student's steps, for comparison); BD3-LM at --bd3lm-steps with and without
 its key/value cache. Every row draws --n samples in batches of --batch-size (quality and the
 throughput figure) and --latency-n more one at a time (the latency figure: sequences per second when
 each request is one sequence). Same seed, same threads (--threads) for every row.
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from ddlm.bench import cpu_model
+from ddlm.bench import cpu_description
 from ddlm.domains import domain_from_config
 from ddlm.evaluate.protein import build_family_hmm, composition_kl, hmm_hits, kmer_js
 from ddlm.evaluate.text_quality import generative_perplexity
@@ -183,7 +183,7 @@ def main() -> None:
         p = points[-1]
         print(f"{p['run']:32s} {p['setting']:20s} {judge.quality} {p[judge.quality]:.4g}  "
               f"{p['sequences_per_second']:.2f} seq/s", file=sys.stderr, flush=True)  # fmt: skip
-    machine = f"{cpu_model()}, {args.threads} thread(s)"
+    machine = f"{cpu_description()}, {args.threads} thread(s)"
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = {"machine": machine, "n": args.n, "batch_size": args.batch_size, "latency_n": args.latency_n,

@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-from ddlm.bench import format_table
+from ddlm.bench import VECTOR_FLAGS, cpu_vector_flags, format_table
 from ddlm.cli.bench import add_parser, cmd_bench
 from ddlm.errors import UserError
 
@@ -121,8 +121,18 @@ def test_scaling_writes_png_and_numbers(bench_run):
 
 def test_table_names_every_figure(bench_run):
     table = format_table(bench_run[0])
+    assert ", ".join(bench_run[0]["machine"]["cpu_flags"]) in table
     for word in ("tokens/s", "MFU", "GFLOP/s", "cache speedup", "peak memory", "1024", "uncached", "scaling"):
         assert word in table
+
+
+def test_vector_flags_name_the_extensions_that_decide_precision():
+    avx2_only = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
+    amx = "flags\t\t: avx2 avx512f avx512_bf16 amx_tile amx_bf16\nflags\t\t: avx2\n"
+    assert cpu_vector_flags(avx2_only) == ["AVX2"]
+    assert cpu_vector_flags(amx) == ["AVX2", "AVX-512", "AVX-512 BF16", "AMX"]  # the first CPU's line
+    assert cpu_vector_flags("model name\t: x\n") == []
+    assert set(cpu_vector_flags()) <= set(VECTOR_FLAGS.values())  # this machine's own
 
 
 def test_plot_without_scaling_is_a_user_error():

@@ -94,9 +94,29 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# the instruction sets that decide which precision is fast here (bf16 needs AVX512-BF16 or AMX)
+VECTOR_FLAGS = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_bf16": "AVX-512 BF16", "amx_bf16": "AMX"}
+
+
+def cpu_vector_flags(cpuinfo: str | None = None) -> list[str]:
+    """Which of VECTOR_FLAGS the first CPU of /proc/cpuinfo (or the text `cpuinfo`) lists."""
+    try:
+        text = Path("/proc/cpuinfo").read_text() if cpuinfo is None else cpuinfo
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return [name for flag, name in VECTOR_FLAGS.items() if flag in flags]
+
+
+def cpu_description() -> str:
+    """The CPU's model and its vector extensions, the line to print beside a speed figure."""
+    return f"{cpu_model()} ({', '.join(cpu_vector_flags()) or 'no AVX2'})"
+
+
 def machine_info(device: torch.device) -> dict:
     info = {
         "cpu": cpu_model(),
+        "cpu_flags": cpu_vector_flags(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -428,7 +448,10 @@ def format_table(r: dict) -> str:
     m, t = r["machine"], r["train"]
     peaks = "   ".join(f"{k} {v:,.1f} GFLOP/s" for k, v in r["peak_gflops"].items())
     lines = [
-        f"machine   {m['cpu']}; {m['cores']} cores, {m['torch_threads']} torch threads; torch {m['torch']}; "
+        f"machine   {m['cpu']}"
+        # older records have no flags
+        + (f" ({', '.join(m['cpu_flags']) or 'no AVX2'})" if "cpu_flags" in m else "")
+        + f"; {m['cores']} cores, {m['torch_threads']} torch threads; torch {m['torch']}; "
         f"device {m['device']}"
         + (f" ({m['gpu']})" if "gpu" in m else "")
         # older records have no load average
