@@ -135,3 +135,19 @@ def test_distill_refuses_an_ar_run_and_a_missing_one(make_run, tmp_path, capsys)
     assert main(["distill", str(tmp_path / "nothing"), "--out", str(tmp_path / "s"), "--steps", "16"]) == 2
     assert "no such run directory" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def test_distill_from_changed_data_leaves_no_student_behind(make_run, family, tmp_path, capsys):
+    """The teacher's data is checked after the student's directory is made: a refusal there removes
+    it, so the same --out works once the data is back."""
+    data = tmp_path / "family.fa"
+    original = family.read_text()
+    data.write_text(original)
+    teacher = make_run(data=data, steps=2, samples=0)
+    data.write_text(original + ">extra\nMKV\n")
+    argv = ["distill", str(teacher), "--out", str(tmp_path / "s"), "--steps", "8", "--teacher-steps", "16"]
+    assert main([*argv, "--train-steps", "1", "--quiet"]) == 2
+    assert "has changed since the run was started" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+    data.write_text(original)
+    assert main([*argv, "--train-steps", "1", "--quiet", "--eval-time-samples", "1"]) == 0

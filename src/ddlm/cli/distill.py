@@ -32,7 +32,11 @@ def cmd_distill(args) -> int:
     teacher = load_run(args.run, device=pick_device(args.device))
     rounds = plan_rounds(args, teacher)
     student_dir = create_student(args, teacher, rounds)
-    trainer, domain, heldout = build_student_trainer(student_dir, teacher, args)
+    try:
+        trainer, domain, heldout = build_student_trainer(student_dir, teacher, args)
+    except UserError:
+        discard_student(student_dir)  # nothing trained yet: --out is free for the next try
+        raise
     log(
         f"distilling {args.run} ({rounds[0]} steps) into {student_dir} ({args.steps} steps): "
         f"{len(rounds)} halving round(s), {describe_budget(args)}"
@@ -110,6 +114,14 @@ def create_student(args, teacher: LoadedRun, rounds: list[int]) -> Path:
     }
     replace(teacher.config, train=train, lineage=lineage).write(out)
     return out
+
+
+def discard_student(student_dir: Path) -> None:
+    """Remove what create_student wrote (and the directory, when nothing else is in it)."""
+    for name in (CONFIG, *SPLIT_FILES):
+        (student_dir / name).unlink(missing_ok=True)
+    if not any(student_dir.iterdir()):
+        student_dir.rmdir()
 
 
 def lineage_writer(student_dir: Path):
