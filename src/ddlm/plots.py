@@ -182,6 +182,8 @@ def speed_quality_plot(
     point a decoding setting: left, sampled in batches (throughput); right, one sequence at a time
     (latency). Speed on a log axis, and quality too where `log_quality` (a perplexity)."""
     plt = _pyplot()
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), dpi=120, sharey=True)
     runs = list(dict.fromkeys(p["run"] for p in points))
     for ax, speed, what in (
@@ -195,10 +197,15 @@ def speed_quality_plot(
                 ax.annotate(p["setting"], (p[speed], p[quality]), fontsize=7, alpha=0.8,
                             xytext=(3, 3), textcoords="offset points")  # fmt: skip
         ax.set_xscale("log")
+        # ticks at 1, 2, 5 x 10^k in plain numbers: matplotlib's own labels overlap on a narrow range
+        ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(f"sequences per second, {what}")
         ax.grid(alpha=0.3)
     if log_quality:
         axes[0].set_yscale("log")
+        axes[0].yaxis.set_minor_formatter(NullFormatter())
     axes[0].set_ylabel(quality_label)
     axes[0].legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
