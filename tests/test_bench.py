@@ -11,8 +11,9 @@ import math
 
 import pytest
 
-from ddlm.bench import VECTOR_FLAGS, cpu_vector_flags, format_table
+from ddlm.bench import format_table
 from ddlm.cli.bench import add_parser, cmd_bench
+from ddlm.device import VECTOR_FLAGS, cpu_vector_flags
 from ddlm.errors import UserError
 
 LENGTH = 24

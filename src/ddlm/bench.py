@@ -40,7 +40,14 @@ import torch
 from tqdm import tqdm
 
 from .config import TrainConfig
-from .device import autocast_dtype, bf16_is_fast, cpu_supports_bf16, low_precision_copy, pick_device
+from .device import (
+    autocast_dtype,
+    bf16_is_fast,
+    cpu_supports_bf16,
+    cpu_vector_flags,
+    low_precision_copy,
+    pick_device,
+)
 from .errors import UserError
 from .networks import PRESETS, NetConfig, Transformer
 from .objectives import ScoreEntropy
@@ -94,23 +101,13 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-# the instruction sets that decide which precision is fast here (bf16 needs AVX512-BF16 or AMX)
-VECTOR_FLAGS = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_bf16": "AVX-512 BF16", "amx_bf16": "AMX"}
-
-
-def cpu_vector_flags(cpuinfo: str | None = None) -> list[str]:
-    """Which of VECTOR_FLAGS the first CPU of /proc/cpuinfo (or the text `cpuinfo`) lists."""
-    try:
-        text = Path("/proc/cpuinfo").read_text() if cpuinfo is None else cpuinfo
-    except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return [name for flag, name in VECTOR_FLAGS.items() if flag in flags]
+def describe_flags(flags: list[str]) -> str:
+    return f"({', '.join(flags) or 'no AVX2'})"
 
 
 def cpu_description() -> str:
     """The CPU's model and its vector extensions, the line to print beside a speed figure."""
-    return f"{cpu_model()} ({', '.join(cpu_vector_flags()) or 'no AVX2'})"
+    return f"{cpu_model()} {describe_flags(cpu_vector_flags())}"
 
 
 def machine_info(device: torch.device) -> dict:
@@ -450,7 +447,7 @@ def format_table(r: dict) -> str:
     lines = [
         f"machine   {m['cpu']}"
         # older records have no flags
-        + (f" ({', '.join(m['cpu_flags']) or 'no AVX2'})" if "cpu_flags" in m else "")
+        + (f" {describe_flags(m['cpu_flags'])}" if "cpu_flags" in m else "")
         + f"; {m['cores']} cores, {m['torch_threads']} torch threads; torch {m['torch']}; "
         f"device {m['device']}"
         + (f" ({m['gpu']})" if "gpu" in m else "")

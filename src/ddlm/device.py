@@ -19,13 +19,23 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+# the instruction sets that decide which precision is fast on a CPU
+VECTOR_FLAGS = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_bf16": "AVX-512 BF16", "amx_bf16": "AMX"}
+
+
+def cpu_vector_flags(cpuinfo: str | None = None) -> list[str]:
+    """Which of VECTOR_FLAGS the first CPU of /proc/cpuinfo (or the text `cpuinfo`) lists."""
+    try:
+        text = Path("/proc/cpuinfo").read_text() if cpuinfo is None else cpuinfo
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return [name for flag, name in VECTOR_FLAGS.items() if flag in flags]
+
+
 def cpu_supports_bf16() -> bool:
     """AVX512-BF16 or AMX makes bf16 matrix products about twice as fast as fp32 on a CPU."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return not {"AVX-512 BF16", "AMX"}.isdisjoint(cpu_vector_flags())
 
 
 def bf16_is_fast(device: torch.device) -> bool:
