@@ -40,14 +40,17 @@ def kl_bits(p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return (p * (p.clamp(min=1e-30).log() - log_q.clamp(min=-1e4))).sum(-1) / math.log(2)
 
 
-def headroom(teacher, student, teacher_steps: int, records: torch.Tensor, draws: int, seed: int) -> dict:
-    objective = teacher.objective
-    round_ = SelfDistillation(objective, teacher.net, teacher_steps)
+def headroom(
+    objective, teacher, student, teacher_steps: int, records: torch.Tensor, draws: int, seed: int, pad_id=None
+) -> dict:
+    """The module docstring's parts, in bits per masked position, for the round teacher_steps -> / 2 of
+    the networks `teacher` and `student` (or None) on `records` [N, L] (padding `pad_id` trimmed)."""
+    round_ = SelfDistillation(objective, teacher, teacher_steps)
     gen = torch.Generator().manual_seed(seed)
     sums = {"start": 0.0, "irreducible": 0.0, "headroom": 0.0, "student_gap": 0.0}
     positions = 0
     for chunk in records.split(8):
-        x0 = chunk if teacher.net.cfg.pad_id is None else trim_padding(chunk, teacher.net.cfg.pad_id)
+        x0 = chunk if pad_id is None else trim_padding(chunk, pad_id)
         j = torch.randint(0, teacher_steps // 2, (len(x0),), generator=gen)
         t, t_mid = round_.times[2 * j], round_.times[2 * j + 1]
         sbar = objective.schedule.total(t).float()
@@ -55,17 +58,17 @@ def headroom(teacher, student, teacher_steps: int, records: torch.Tensor, draws:
         masked = xt == objective.process.mask_id
         with torch.inference_mode():
             rep = lambda v: v.repeat_interleave(draws, 0)  # noqa: E731
-            target = two_step_target(objective, teacher.net, rep(xt), rep(t), rep(t_mid), TauLeaping(), gen)
+            target = two_step_target(objective, teacher, rep(xt), rep(t), rep(t_mid), TauLeaping(), gen)
             target = target.view(len(xt), draws, *xt.shape[1:], -1).double()
             mean = target.mean(1)
-            _, log_teacher = normalised_scores(objective, teacher.net, xt, sbar)
+            _, log_teacher = normalised_scores(objective, teacher, xt, sbar)
             parts = {
                 "start": kl_bits(target, log_teacher.double()[:, None]).mean(1),
                 "irreducible": kl_bits(target, mean.log()[:, None]).mean(1),
                 "headroom": kl_bits(mean, log_teacher.double()),
             }
             if student is not None:
-                _, log_student = normalised_scores(objective, student.net, xt, sbar)
+                _, log_student = normalised_scores(objective, student, xt, sbar)
                 parts["student_gap"] = kl_bits(mean, log_student.double())
         for name, value in parts.items():
             sums[name] += float(value[masked].sum())
@@ -90,7 +93,10 @@ def main() -> None:
     student = load_run(args.student) if args.student else None
     _, heldout, _ = domain_from_config(teacher.config.data, Path(args.teacher)).reload()
     pick = torch.randperm(len(heldout), generator=torch.Generator().manual_seed(args.seed))[: args.records]
-    result = headroom(teacher, student, args.teacher_steps, heldout[pick], args.draws, args.seed)
+    result = headroom(
+        teacher.objective, teacher.net, student and student.net, args.teacher_steps, heldout[pick], args.draws,
+        args.seed, teacher.net.cfg.pad_id,
+    )  # fmt: skip
     result = {"teacher": args.teacher, "student": args.student, **result}
     if args.json:
         print(json.dumps(result))

@@ -1,9 +1,11 @@
 """Self-distillation through time (distill.py, `ddlm distill`): the student's target is the teacher's
 two-step mixture, checked against an enumeration; the student is an ordinary run; bad requests are refused."""
 
+import importlib.util
 import itertools
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -151,3 +153,44 @@ def test_distill_from_changed_data_leaves_no_student_behind(make_run, family, tm
     assert not (tmp_path / "s").exists()
     data.write_text(original)
     assert main([*argv, "--train-steps", "1", "--quiet", "--eval-time-samples", "1"]) == 0
+
+
+def load_headroom_script():
+    path = Path(__file__).parents[1] / "scripts" / "distill_headroom.py"
+    spec = importlib.util.spec_from_file_location("distill_headroom", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_headroom_splits_the_start_loss_and_matches_the_enumerated_mixture():
+    """scripts/distill_headroom.py: start = irreducible + headroom (an identity for the sampled mean),
+    and with many draws the headroom is KL(E[target] || teacher) from the enumeration; a student that
+    is the enumerated mixture itself has (almost) no gap left, the teacher all of it."""
+    headroom = load_headroom_script().headroom
+    V, L = 3, 3
+    schedule = LogLinear(eps=0.0)
+    objective = MDLM(Absorbing(V), schedule)
+    teacher = TableTeacher(V, L, seed=1)
+    # a round 2 -> 1: x_t at t just below 1 is all mask (probability 1 - 1e-6 per position), t_mid = 1/2
+    records = torch.zeros(4, L, dtype=torch.long)
+    result = headroom(objective, teacher, teacher, 2, records, draws=4000, seed=0)
+    assert result["start"] == pytest.approx(result["irreducible"] + result["headroom"], rel=1e-9)
+    assert result["student_gap"] == pytest.approx(result["headroom"], rel=1e-9)  # the student is the teacher
+    times = torch.tensor([1.0 - 1e-6, 0.5], dtype=torch.float64)
+    keep = torch.exp(-schedule.total(times))
+    all_masked = torch.full((L,), V)
+    exact = exact_two_step_target(teacher, all_masked, keep[0].item(), keep[1].item())
+    one_call = teacher.probs(all_masked)
+    exact_headroom = float((exact * (exact / one_call).log()).sum(-1).mean()) / math.log(2)
+    assert exact_headroom > 0.01  # the table teacher's second call does not average back to its first
+    assert result["headroom"] == pytest.approx(exact_headroom, rel=0.05, abs=2e-3)
+
+    class MixtureStudent(torch.nn.Module):  # predicts the enumerated mixture at the all-mask state
+        time_conditioned = False
+
+        def forward(self, xt, sbar=None):
+            return exact.log().expand(len(xt), -1, -1)
+
+    taught = headroom(objective, teacher, MixtureStudent(), 2, records, draws=4000, seed=0)
+    assert taught["student_gap"] < 0.1 * result["headroom"]
