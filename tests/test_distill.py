@@ -86,6 +86,49 @@ def test_two_step_target_is_the_teachers_two_step_mixture(state):
     assert (one_call[masked] - exact[masked]).abs().max() > 10 * se[masked].max()
 
 
+class ExactTeacher(TableTeacher):
+    """The exact conditionals of one random distribution over V^L: at a state x its prediction at a
+    masked position i is p(x_i | the unmasked positions of x)."""
+
+    def __init__(self, V: int, L: int, seed: int):
+        torch.nn.Module.__init__(self)
+        self.V, self.L = V, L
+        g = torch.Generator().manual_seed(seed)
+        joint = torch.softmax(2.0 * torch.randn(V**L, generator=g, dtype=torch.float64), 0).reshape((V,) * L)
+        self.logits = torch.zeros((V + 1) ** L, L, V, dtype=torch.float64)
+        for state in itertools.product(range(V + 1), repeat=L):
+            index = sum(x * (V + 1) ** k for k, x in enumerate(state))
+            masked = [k for k in range(L) if state[k] == V]
+            given = joint[tuple(slice(None) if x == V else x for x in state)]  # one dim per masked position
+            for d, i in enumerate(masked):
+                others = tuple(e for e in range(len(masked)) if e != d)
+                conditional = given.sum(dim=others) if others else given  # dim=() would sum them all
+                self.logits[index, i] = (conditional / conditional.sum()).log()
+
+
+@pytest.mark.parametrize("state,exact_mean", [([2, 2], True), ([0, 2, 2], True), ([2, 2, 2], False)])
+def test_an_exact_teachers_two_steps_average_back_to_its_one_step(state, exact_mean):
+    """Why a round's headroom is small: for a teacher that predicts the exact conditionals of one
+    distribution the two-step mixture is its own one-call prediction (the tower property) whenever its
+    first step can reveal at most one other position, and only slightly off it when it reveals two at
+    once (drawn independently, not jointly); the table teacher's mixture is far off."""
+    V, L = 2, len(state)
+    keep = torch.exp(-LogLinear(eps=0.0).total(torch.tensor([0.9, 0.35], dtype=torch.float64)))
+    xt = torch.tensor(state)
+    masked = xt == V
+
+    def headroom(teacher):
+        mixture = exact_two_step_target(teacher, xt, keep[0].item(), keep[1].item())[masked]
+        return float((mixture * (mixture / teacher.probs(xt)[masked]).log()).sum(-1).max())
+
+    exact, table = headroom(ExactTeacher(V, L, seed=3)), headroom(TableTeacher(V, L, seed=3))
+    assert table > 1e-3
+    if exact_mean:
+        assert exact < 1e-12
+    else:
+        assert 1e-6 < exact < 0.1 * table
+
+
 def test_halving_rounds():
     assert halving_rounds(1024, 16) == [1024, 512, 256, 128, 64, 32]
     assert halving_rounds(32, 16) == [32]
