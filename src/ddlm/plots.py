@@ -175,6 +175,16 @@ def frontier_plot(points: list[dict], out: Path, n: int, steps: int) -> None:
     plt.close(fig)
 
 
+def plain_log_ticks(axis) -> None:
+    """Ticks at 1, 2, 5 x 10^k in plain numbers on a log axis: on a range narrower than a decade
+    matplotlib labels every minor tick (the labels overlap) or none but one power of ten."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def speed_quality_plot(
     points: list[dict], out: Path, quality: str, quality_label: str, title: str, log_quality: bool = False
 ) -> None:
@@ -182,8 +192,6 @@ def speed_quality_plot(
     point a decoding setting: left, sampled in batches (throughput); right, one sequence at a time
     (latency). Speed on a log axis, and quality too where `log_quality` (a perplexity)."""
     plt = _pyplot()
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), dpi=120, sharey=True)
     runs = list(dict.fromkeys(p["run"] for p in points))
     for ax, speed, what in (
@@ -197,15 +205,12 @@ def speed_quality_plot(
                 ax.annotate(p["setting"], (p[speed], p[quality]), fontsize=7, alpha=0.8,
                             xytext=(3, 3), textcoords="offset points")  # fmt: skip
         ax.set_xscale("log")
-        # ticks at 1, 2, 5 x 10^k in plain numbers: matplotlib's own labels overlap on a narrow range
-        ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.xaxis.set_minor_formatter(NullFormatter())
+        plain_log_ticks(ax.xaxis)
         ax.set_xlabel(f"sequences per second, {what}")
         ax.grid(alpha=0.3)
     if log_quality:
         axes[0].set_yscale("log")
-        axes[0].yaxis.set_minor_formatter(NullFormatter())
+        plain_log_ticks(axes[0].yaxis)
     axes[0].set_ylabel(quality_label)
     axes[0].legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
