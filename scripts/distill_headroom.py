@@ -29,15 +29,14 @@ from pathlib import Path
 import torch
 
 from ddlm.batches import trim_padding
-from ddlm.distill import SelfDistillation, normalised_scores, two_step_target
+from ddlm.distill import SelfDistillation, categorical_kl, normalised_scores, two_step_target
 from ddlm.domains import domain_from_config
 from ddlm.run import load_run
 from ddlm.sampling import TauLeaping
 
 
 def kl_bits(p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """KL(p || q) over the last axis in bits, p a distribution and log_q a log-distribution (0 log 0 = 0)."""
-    return (p * (p.clamp(min=1e-30).log() - log_q.clamp(min=-1e4))).sum(-1) / math.log(2)
+    return categorical_kl(p, log_q) / math.log(2)
 
 
 def headroom(

@@ -42,6 +42,12 @@ def normalised_scores(
     return log_s.exp(), torch.log_softmax(log_s, dim=-1)
 
 
+def categorical_kl(p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) in nats over the last axis, p a distribution and log_q a log-distribution: a token
+    off the support has p = 0 and log q = -inf, and adds 0, not nan."""
+    return (p * (p.clamp(min=1e-30).log() - log_q.clamp(min=-1e4))).sum(-1)
+
+
 def two_step_target(
     objective: Objective, teacher, xt: torch.Tensor, t: torch.Tensor, t_mid: torch.Tensor, rule: StepRule, generator
 ) -> torch.Tensor:
@@ -81,8 +87,7 @@ class SelfDistillation:
         with torch.no_grad():
             target = two_step_target(self.objective, self.teacher, xt, t, t_mid, self.rule, generator)
         _, log_student = normalised_scores(self.objective, net, xt, sbar)
-        # a token off the support has target 0 and log-probability -inf: it adds 0, not nan
-        kl = (target * (target.clamp(min=1e-30).log() - log_student.clamp(min=-1e4))).sum(-1)
+        kl = categorical_kl(target, log_student)
         return torch.where(xt == self.objective.process.mask_id, kl, 0.0).sum(-1)
 
     def length_nll(self, net, x0: torch.Tensor) -> torch.Tensor:
