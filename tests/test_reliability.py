@@ -242,7 +242,7 @@ CORRUPTIONS = ["truncated-tensors", "garbage-json", "json-missing", "json-not-a-
 
 
 @pytest.mark.parametrize("how", CORRUPTIONS)
-def test_corrupt_newest_checkpoint_is_reported_and_skipped(three_checkpoints, tmp_path, capsys, how):
+def test_corrupt_newest_checkpoint_is_reported_and_skipped(three_checkpoints, family, tmp_path, capsys, how):
     """load_run and --resume report the damaged newest checkpoint by name and use step 10; the resumed run
     re-creates step 15 bit for bit."""
     run = tmp_path / "run"
@@ -256,13 +256,13 @@ def test_corrupt_newest_checkpoint_is_reported_and_skipped(three_checkpoints, tm
     assert loaded.checkpoint.step == 10
     assert "warning: skipping corrupt checkpoint" in err and str(bad) in err
 
-    assert main(train(three_checkpoints.parent / "unused", run, steps=15, resume=True)) == 0
+    assert main(train(family, run, steps=15, resume=True)) == 0
     err = capsys.readouterr().err
     assert str(bad) in err and "resuming" in err and "at step 10" in err
     assert_same_tensors(ckpt(three_checkpoints, 15), ckpt(run, 15))
 
 
-def test_checkpoint_that_does_not_fit_the_run_is_skipped_by_resume(three_checkpoints, tmp_path, capsys):
+def test_checkpoint_that_does_not_fit_the_run_is_skipped_by_resume(three_checkpoints, family, tmp_path, capsys):
     """A well-formed, SHA-verified checkpoint whose tensors are not this run's state: --resume reports it
     and falls back instead of failing with a traceback."""
     run = tmp_path / "run"
@@ -270,20 +270,20 @@ def test_checkpoint_that_does_not_fit_the_run_is_skipped_by_resume(three_checkpo
     bad = corrupt(run, "wrong-tensors")
     TALLY["corrupt_cases"] += 1
     capsys.readouterr()
-    assert main(train(Path("unused"), run, steps=15, resume=True)) == 0
+    assert main(train(family, run, steps=15, resume=True)) == 0
     err = capsys.readouterr().err
     assert str(bad) in err and "does not fit this run" in err and "at step 10" in err
     assert_same_tensors(ckpt(three_checkpoints, 15), ckpt(run, 15))
 
 
 @pytest.mark.slow
-def test_no_valid_checkpoint_is_a_user_error(three_checkpoints, tmp_path):
+def test_no_valid_checkpoint_is_a_user_error(three_checkpoints, family, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(three_checkpoints, run)
     for p in (run / "checkpoints").glob("*.safetensors"):
         p.write_bytes(b"")
     TALLY["corrupt_cases"] += 1
-    result = ddlm(*train(Path("unused"), run, steps=20, resume=True))
+    result = ddlm(*train(family, run, steps=20, resume=True))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "no valid checkpoint" in result.stderr and result.stderr.count("warning: skipping") == 3
     result = ddlm("sample", str(run), "--n", "1", "--quiet")

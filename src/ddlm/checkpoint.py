@@ -26,19 +26,27 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 
-from .rundir import CHECKPOINTS
+from .rundir import CHECKPOINTS, naming
 
 
 def atomic_write(path: Path, payload: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write `payload` to `path` whole or not at all: a temporary file, fsynced, renamed over `path`.
+    On any failure (a full disk, say) the temporary file is removed and `path` is as it was; an OS
+    error names `path`."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise naming(e, path) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise naming(e, path) from None
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from ..errors import UserError
 from ..evaluate.likelihood import evaluate_bound
 from ..networks import Transformer
 from ..run import LoadedRun, load_run
-from ..rundir import CONFIG, SPLIT_FILES
+from ..rundir import CONFIG, LOCK, SPLIT_FILES, RunLock
 from ..train import StopTraining, Trainer
 from .args import SEED, add_runtime_arguments, log, number, positive_int
 
@@ -29,9 +30,15 @@ DEFAULT_TEACHER_STEPS = 1024
 
 
 def cmd_distill(args) -> int:
+    with ExitStack() as held:
+        return distill_into(args, held)
+
+
+def distill_into(args, held: ExitStack) -> int:
+    """The command's work, with the student's run directory locked (into `held`) from its creation on."""
     teacher = load_run(args.run, device=pick_device(args.device))
     rounds = plan_rounds(args, teacher)
-    student_dir = create_student(args, teacher, rounds)
+    student_dir = create_student(args, teacher, rounds, held)
     try:
         trainer, domain, heldout = build_student_trainer(student_dir, teacher, args)
     except UserError:
@@ -93,12 +100,13 @@ def plan_rounds(args, teacher: LoadedRun) -> list[int]:
         ) from None
 
 
-def create_student(args, teacher: LoadedRun, rounds: list[int]) -> Path:
-    """The student's run directory: the teacher's configuration with its lineage, split and tokenizer."""
+def create_student(args, teacher: LoadedRun, rounds: list[int], held: ExitStack) -> Path:
+    """The student's run directory, locked: the teacher's configuration with its lineage, split and tokenizer."""
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    held.enter_context(RunLock(out))
     if (out / CONFIG).exists():
         raise UserError(f"--out {out}: a run is already there; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
     for name in SPLIT_FILES:
         if (Path(args.run) / name).is_file():
             shutil.copy2(Path(args.run) / name, out / name)
@@ -118,7 +126,7 @@ def create_student(args, teacher: LoadedRun, rounds: list[int]) -> Path:
 
 def discard_student(student_dir: Path) -> None:
     """Remove what create_student wrote (and the directory, when nothing else is in it)."""
-    for name in (CONFIG, *SPLIT_FILES):
+    for name in (CONFIG, *SPLIT_FILES, LOCK):  # the lock goes too: this process holds it
         (student_dir / name).unlink(missing_ok=True)
     if not any(student_dir.iterdir()):
         student_dir.rmdir()

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
+from ..checkpoint import CheckpointDir
 from ..config import RunConfig, TrainConfig, option_owners
 from ..distributed import World, session
 from ..domains import Domain, domain_class, domain_from_config
@@ -23,11 +25,12 @@ from ..lr_schedules import LR_SCHEDULES
 from ..networks import PRESETS, Transformer
 from ..objectives import OBJECTIVES, Option
 from ..processes import PROCESSES
-from ..rundir import CHECKPOINTS, CONFIG, LOSS_PLOT, METRICS, SAMPLES
+from ..rundir import CHECKPOINTS, CONFIG, LOSS_PLOT, METRICS, SAMPLES, RunLock, require_run_dir, trim_log
 from ..sampling import SampleSpec, sample_many
 from ..schedules import SCHEDULES
 from ..train import StopTraining, Trainer
 from .args import SEED, Deprecated, add_runtime_arguments, log, number, positive_int
+from .resume import check_resume_flags
 
 DEFAULT_STEPS = 2000
 
@@ -45,16 +48,15 @@ class TrainingRun:
 
 
 def cmd_train(args) -> int:
-    """Train in this process, or as one rank of a torchrun job (data-parallel; see distributed.py)."""
-    with session(args.device) as world:
+    """Train in this process, or as one rank of a torchrun job (data-parallel; see distributed.py).
+    Rank 0 holds the run directory's lock throughout: a second writer stops at once."""
+    with session(args.device) as world, ExitStack() as held:
         say = log if world.is_main else (lambda msg: None)
         try:
-            run = prepare_run(args, world)
+            run = prepare_run(args, world, held)
             trainer = build_trainer(run, world)
             if args.resume:
-                if not trainer.restore():
-                    raise UserError(f"--resume: {run.run_dir} has no valid checkpoint to resume from")
-                say(f"resuming {run.run_dir} at step {trainer.step}")
+                resume(trainer, run.run_dir, say)
         except UserError:
             if world.is_main:
                 raise
@@ -74,35 +76,46 @@ def cmd_train(args) -> int:
     return 0
 
 
-def prepare_run(args, world: World) -> TrainingRun:
-    """A new run directory (written by rank 0 while the other ranks wait), or the one to resume."""
+def prepare_run(args, world: World, held: ExitStack) -> TrainingRun:
+    """A new run directory (written by rank 0 while the other ranks wait), or the one to resume; rank 0
+    takes the run's lock (into `held`) first, and every rank learns whether it could."""
     run_dir = Path(args.out)
-    if not args.resume:
-        failure: BaseException | None = None
-        run = None
-        if world.is_main:
-            try:
-                run = create_run(args, world, run_dir)
-            except BaseException as e:
-                failure = e
-        if world.any(failure is not None)[0]:
-            if failure is not None:
-                raise failure
-            raise UserError("rank 0 could not create the run")
-        if run is not None:
-            return run
+    if args.data is None and not args.resume:
+        raise UserError("--data is required to start a run (with --resume the run's own data is used)")
+    failure: BaseException | None = None
+    run = None
+    if world.is_main:
+        try:
+            run = create_run(args, world, run_dir, held) if not args.resume else lock_existing(run_dir, held)
+        except BaseException as e:
+            failure = e
+    if world.any(failure is not None)[0]:
+        if failure is not None:
+            raise failure
+        raise UserError("rank 0 could not create or lock the run")
+    if run is not None:
+        return run
     return open_run(args, run_dir)
 
 
-def create_run(args, world: World, run_dir: Path) -> TrainingRun:
+def lock_existing(run_dir: Path, held: ExitStack) -> None:
+    """Rank 0 locks a run to resume; the run must exist."""
+    if not (run_dir / CONFIG).is_file():
+        require_run_dir(run_dir)  # names what is wrong with it
+    held.enter_context(RunLock(run_dir))
+
+
+def create_run(args, world: World, run_dir: Path, held: ExitStack) -> TrainingRun:
     """Check the flags, read and split the data, write the configuration; a rejected command leaves nothing."""
-    if (run_dir / CONFIG).exists():
-        raise UserError(f"--out {run_dir}: a run is already there; pass --resume to continue it, or another --out")
     config = RunConfig.from_flags(args, domain_class(args.data).config_from_flags(args.data, args))
     world.rows(config.train.batch_size)  # does the batch split evenly among the ranks?
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
+        held.enter_context(RunLock(run_dir))  # before looking: two new runs into one --out, one goes on
+        if (run_dir / CONFIG).exists():
+            created = False  # someone else's run: leave it be
+            raise UserError(f"--out {run_dir}: a run is already there; pass --resume to continue it, or another --out")
         domain = domain_from_config(config.data, run_dir)
         train_ids, heldout_ids, info = domain.prepare()
         batch = config.train.batch_size
@@ -118,10 +131,13 @@ def create_run(args, world: World, run_dir: Path) -> TrainingRun:
 
 
 def open_run(args, run_dir: Path) -> TrainingRun:
-    """An existing run directory and its data, with this session's operational flags applied."""
+    """An existing run directory and its data, with this session's operational flags applied; a flag that
+    would change what the run is stops the command (cli/resume.py)."""
     config = RunConfig.read(run_dir)
-    operational = {k: getattr(args, k) for k in TrainConfig.OPERATIONAL if getattr(args, k) is not None}
-    config.train = replace(config.train, **operational)
+    check_resume_flags(config, args, args.given, run_dir)
+    session_flags = {k: getattr(args, k) for k in ("precision",) if k in args.given}
+    operational = {k: getattr(args, k) for k in TrainConfig.OPERATIONAL if k in args.given}
+    config.train = replace(config.train, **operational, **session_flags)
     domain = domain_from_config(config.data, run_dir)
     train_ids, heldout_ids, info = domain.reload()
     return TrainingRun(run_dir, config, domain, train_ids, heldout_ids, info)
@@ -142,6 +158,22 @@ def build_trainer(run: TrainingRun, world: World) -> Trainer:
         world.device,
         world,
     )
+
+
+def resume(trainer: Trainer, run_dir: Path, say) -> None:
+    """Load the newest good checkpoint; the log's lines after it go, since those steps are trained again."""
+    if not trainer.restore():
+        raise UserError(f"--resume: {run_dir} has no valid checkpoint to resume from")
+    dropped = trim_log(run_dir / METRICS, trainer.step) if trainer.world.is_main else 0
+    redo = f" ({dropped} lines of {METRICS} after it are logged again)" if dropped else ""
+    say(f"resuming {run_dir} at step {trainer.step}{redo}")
+
+
+def os_error_hint(args) -> str:
+    """What to do after the file system failed under `ddlm train` (cli/__init__.py prints it)."""
+    if CheckpointDir(Path(args.out)).steps():
+        return "the newest good checkpoint is kept: once fixed, the same command with --resume continues from it"
+    return "once fixed, run the command again"
 
 
 def describe(run: TrainingRun, trainer: Trainer, world: World) -> str:
@@ -227,9 +259,8 @@ def add_parser(sub) -> None:
     )
     t.add_argument(
         "--data",
-        required=True,
         help="acyp, tinystories, tinyshakespeare, text8, sudoku[:PUZZLES.csv], or a path to a FASTA "
-        "(.fa, .fasta, .faa, .fas) or .txt file",
+        "(.fa, .fasta, .faa, .fas) or .txt file; required for a new run, optional with --resume",
     )
     t.add_argument("--out", required=True, help="run directory (config, split, checkpoints, metrics, plots)")
     add_model_arguments(t)
@@ -237,7 +268,7 @@ def add_parser(sub) -> None:
     add_optimiser_arguments(t)
     add_output_arguments(t)
     add_runtime_arguments(t)
-    t.set_defaults(func=cmd_train)
+    t.set_defaults(func=cmd_train, os_error_hint=os_error_hint)
 
 
 def add_model_arguments(t) -> None:
