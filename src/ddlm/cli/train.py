@@ -163,10 +163,14 @@ def build_trainer(run: TrainingRun, world: World) -> Trainer:
 def resume(trainer: Trainer, run_dir: Path, say) -> None:
     """Load the newest good checkpoint; the log's lines after it go, since those steps are trained again."""
     if not trainer.restore():
-        raise UserError(f"--resume: {run_dir} has no valid checkpoint to resume from")
+        if trainer.checkpoints.steps():  # damaged ones were reported: never start over silently
+            raise UserError(f"--resume: {run_dir} has no valid checkpoint to resume from")
+        # killed before its first checkpoint: step 0 is a function of the seed, so start there
+        say(f"--resume: {run_dir} has no checkpoint yet; starting at step 0")
     dropped = trim_log(run_dir / METRICS, trainer.step) if trainer.world.is_main else 0
     redo = f" ({dropped} lines of {METRICS} after it are logged again)" if dropped else ""
-    say(f"resuming {run_dir} at step {trainer.step}{redo}")
+    if trainer.step:
+        say(f"resuming {run_dir} at step {trainer.step}{redo}")
 
 
 def os_error_hint(args) -> str:
