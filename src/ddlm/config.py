@@ -41,10 +41,11 @@ class TrainConfig:
     precision: str = "auto"
     max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
 
-    # flags that change how a run is operated, not what it computes: they apply on --resume too
-    OPERATIONAL = ("log_every", "max_bad_steps", "keep_checkpoints")
+    # flags that change how a run is operated, not what it computes: they apply on --resume too (the
+    # held-out evaluation and the checkpoints draw no random numbers of the run's)
+    OPERATIONAL = ("log_every", "max_bad_steps", "keep_checkpoints", "eval_every", "checkpoint_every")
     # flags that override a default above when given
-    FLAGS = ("batch_size", "lr", "warmup", "lr_schedule", "ema", "eval_every", "checkpoint_every", "weight_decay")
+    FLAGS = ("batch_size", "lr", "warmup", "lr_schedule", "ema", "weight_decay")
     FLAGS += OPERATIONAL
 
     def to_dict(self) -> dict:
