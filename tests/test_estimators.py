@@ -53,6 +53,69 @@ def test_weight_one_is_the_bound_and_the_scale_is_kept():
         assert abs(((2 - gamma) * r ** (1 - gamma)).mean().item() - 1.0) < 1e-3
 
 
+class ZeroNet(torch.nn.Module):
+    """Answers 0 everywhere and records the x_t it is given: every letter is equally likely, so a masked
+    position's loss is log R times its weight, and the weight applied is read off the loss."""
+
+    time_conditioned = False
+
+    def __init__(self, V: int):
+        super().__init__()
+        self.V, self.inputs = V, []
+
+    def forward(self, xt, sbar=None):
+        self.inputs.append(xt.clone())
+        return torch.zeros(*xt.shape, self.V)
+
+
+def default_weight_check(cls) -> tuple[tuple, float]:
+    """((form, gamma) an absorbing run settles on with its options left open, as `ddlm train` leaves
+    them; the largest gap between the loss it then trains and 1.5 sqrt(n / k) k log R): the zero
+    network's loss is log R per masked position times the weight applied, (2 - gamma) (n / k)^gamma,
+    computed here by hand at gamma = 0.5 (n the record's residues, k those masked, read off its input)."""
+    settled = cls.settle_options({o.keyword: o.default for o in cls.options}, "absorbing")
+    toy = RecordToy(max_n=4)
+    objective = cls(Absorbing(toy.V, support=toy.R), LogLinear(), **settled)
+    net = ZeroNet(toy.V)
+    x0 = toy.ids.repeat(4, 1)  # every record (lengths 1..4) four times
+    loss = objective.training_loss(net, x0, generator=torch.Generator().manual_seed(0)).double()
+    (xt,) = net.inputs
+    n = (x0 < toy.R).sum(-1).double()
+    k = (xt == objective.process.mask_id).sum(-1).double()
+    assert ((k >= 1) & (k <= n)).all() and len(set(zip(n.tolist(), k.tolist(), strict=True))) >= 8
+    expected = 1.5 * (n / k) ** 0.5 * k * math.log(toy.R)
+    return (settled["train_form"], settled["loss_weight"]), (loss - expected).abs().max().item()
+
+
+@pytest.mark.parametrize("cls", [ScoreEntropy, MDLM], ids=["sedd", "mdlm"])
+def test_the_default_weight_is_gamma_one_half_of_the_count_form(cls):
+    """Left open, an absorbing run trains the count form with gamma = 0.5 and weighs each masked
+    position 1.5 sqrt(n / k); a process that does not mask keeps the time form and the bound's weight."""
+    settled, gap = default_weight_check(cls)
+    assert settled == ("count", 0.5) and gap < 1e-4
+    uniform = cls.settle_options({o.keyword: o.default for o in cls.options}, "uniform")
+    assert (uniform["train_form"], uniform["loss_weight"]) == ("time", 1.0)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    ["gamma-1", "no-2-minus-gamma", "the-bound's-weight"],
+)
+def test_the_default_weight_check_rejects_wrong_weights(monkeypatch, variant):
+    """The check above fails for a default of gamma = 1, for a weight without its factor 2 - gamma, and
+    for the bound's n / k applied whatever gamma: each changes the loss by 0.1 nats or more."""
+    from ddlm.objectives import base, estimators
+
+    if variant == "gamma-1":
+        monkeypatch.setattr(estimators, "COUNT_FORM_WEIGHT", 1.0)
+    elif variant == "no-2-minus-gamma":
+        monkeypatch.setattr(base, "position_weight", lambda k, n, gamma: (n.double() / k.double()) ** gamma)
+    else:
+        monkeypatch.setattr(base, "position_weight", lambda k, n, gamma: n.double() / k.double())
+    settled, gap = default_weight_check(MDLM)
+    assert settled != ("count", 0.5) or gap > 0.1, (settled, gap)
+
+
 ESTIMATORS = list(itertools.product(["time", "count"], ["iid", "stratified", "antithetic"], ["uniform"])) + [
     ("count", "stratified", "importance"),
     ("count", "iid", "importance"),
