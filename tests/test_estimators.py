@@ -122,23 +122,57 @@ ESTIMATORS = list(itertools.product(["time", "count"], ["iid", "stratified", "an
 ]
 
 
-@pytest.mark.parametrize("form,draws,sampling", ESTIMATORS)
-@pytest.mark.parametrize("cls,scale", [(ScoreEntropy, 2.0), (MDLM, 1.0)], ids=["sedd", "mdlm"])
-def test_every_estimator_has_the_exact_nll_as_its_mean(cls, scale, form, draws, sampling):
-    """The training loss with the exact conditionals (weight 1): over 30k draws its mean is the record's
-    exact NLL minus -log p(n) (the length head's term is added by the trainer), within 4 s.e."""
+def estimator_mean(cls, scale, form, draws, sampling, batches=100, size=300) -> tuple[float, float, float]:
+    """(mean, its s.e., the exact value) of the training loss plus -log p(n) with the exact conditionals
+    (weight 1), for a record of 4 letters. Each of the `batches` calls draws its own batch of `size`
+    rows; a stratified or antithetic batch is one draw of the estimator (its rows are not independent),
+    so the s.e. comes from the spread of the batches' means, which are iid."""
     toy = RecordToy(max_n=4)
     objective = cls(Absorbing(toy.V, support=toy.R), LogLinear(eps=0.0), train_form=form, noise_draws=draws,
                     count_sampling=sampling)  # fmt: skip
     net = ExactRecordNet(toy, objective.process.mask_id, scale)
     row = 25  # a record of 4 letters
-    x0 = toy.ids[row].expand(30_000, -1)
-    losses = objective.training_loss(net, x0, generator=torch.Generator().manual_seed(1)).double()
-    losses = losses + objective.length_nll(net, x0).double()
-    chunks = losses.view(-1, 30).mean(1)  # the batch is the unit of stratification: its means are iid
-    mean, se = chunks.mean().item(), chunks.std().item() / math.sqrt(len(chunks))
-    nll = -math.log(toy.p[row].item())
+    x0 = toy.ids[row].expand(size, -1)
+    g = torch.Generator().manual_seed(1)
+    means = torch.stack(
+        [(objective.training_loss(net, x0, generator=g).double() + objective.length_nll(net, x0)).mean()
+         for _ in range(batches)]
+    )  # fmt: skip
+    return means.mean().item(), means.std().item() / math.sqrt(batches), -math.log(toy.p[row].item())
+
+
+@pytest.mark.parametrize("form,draws,sampling", ESTIMATORS)
+@pytest.mark.parametrize("cls,scale", [(ScoreEntropy, 2.0), (MDLM, 1.0)], ids=["sedd", "mdlm"])
+def test_every_estimator_has_the_exact_nll_as_its_mean(cls, scale, form, draws, sampling):
+    """The training loss with the exact conditionals (weight 1): over 100 batches of 300 its mean is the
+    record's exact NLL minus -log p(n) (the length head's term is added by the trainer), within 4 s.e.
+    (about 0.01 nats for the count form, 0.1 for the time form's heavy-tailed 1/t)."""
+    mean, se, nll = estimator_mean(cls, scale, form, draws, sampling)
     assert abs(mean - nll) < 4 * se + 1e-4, (mean, nll, se)
+
+
+@pytest.mark.parametrize(
+    "wrong,draws,sampling",
+    [
+        ("no-n/k", "stratified", "uniform"),
+        ("no-n/k", "iid", "importance"),
+        ("no-ratio", "stratified", "importance"),
+        ("no-ratio", "iid", "importance"),
+    ],
+)
+def test_the_estimator_mean_check_rejects_biased_estimators(monkeypatch, wrong, draws, sampling):
+    """The same check, with the same draws, fails for a count form that drops the n / k weight (its mean
+    is 2.34 nats against 3.66, about 240-1300 s.e. off) or the importance ratio p(k) / q(k) (3.83,
+    36-64 s.e. off): each lies beyond 20 s.e., far outside the 4 s.e. the unbiased estimators keep."""
+    from ddlm.objectives import base
+
+    if wrong == "no-n/k":
+        monkeypatch.setattr(base, "position_weight", lambda k, n, gamma: torch.ones_like(k, dtype=torch.float64))
+    else:
+        counts = base.mask_counts
+        monkeypatch.setattr(base, "mask_counts", lambda u, n, how: (counts(u, n, how)[0], torch.ones_like(u)))
+    mean, se, nll = estimator_mean(MDLM, 1.0, "count", draws, sampling)
+    assert abs(mean - nll) > 4 * se + 1e-4 and abs(mean - nll) > 20 * se, (mean, nll, se)
 
 
 @pytest.mark.parametrize(
