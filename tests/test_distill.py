@@ -12,7 +12,7 @@ import torch
 from conftest import json_out
 
 from ddlm.cli import main
-from ddlm.distill import halving_rounds, two_step_target
+from ddlm.distill import SelfDistillation, halving_rounds, two_step_target
 from ddlm.objectives import MDLM
 from ddlm.processes import Absorbing
 from ddlm.sampling import TauLeaping
@@ -37,6 +37,10 @@ class TableTeacher(torch.nn.Module):
 
     def probs(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.forward(x[None])[0], dim=-1)
+
+    def probs_of(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, L, V] the prediction at each row of x."""
+        return torch.softmax(self.forward(x), dim=-1)
 
 
 def exact_two_step_target(teacher: TableTeacher, xt: torch.Tensor, keep_t: float, keep_mid: float) -> torch.Tensor:
@@ -127,6 +131,128 @@ def test_an_exact_teachers_two_steps_average_back_to_its_one_step(state, exact_m
         assert exact < 1e-12
     else:
         assert 1e-6 < exact < 0.1 * table
+
+
+class Recorder(torch.nn.Module):
+    """Wraps a table network and records the (x, sbar) of every call."""
+
+    time_conditioned = False
+
+    def __init__(self, inner: TableTeacher):
+        super().__init__()
+        self.inner, self.calls = inner, []
+
+    def forward(self, xt, sbar=None):
+        self.calls.append((xt.clone(), sbar.clone()))
+        return self.inner(xt, sbar)
+
+
+def distillation_figures(objective, distiller, x0: torch.Tensor, seed: int = 0) -> dict:
+    """Run `SelfDistillation.training_loss` once with table teacher and student and check it against the
+    module docstring, computed here by hand: pairs (t, t_mid) = (t_2j, t_2j+1) of the teacher's grid
+    linspace(1, 0, K + 1); x_t the forward process at t (a position masked with probability (1 - eps) t);
+    the teacher's first step unmasking a masked position with probability (t - t_mid) / t; the target
+    p_T(. | x_t) where that step unmasked, p_T(. | x_mid) where the position stayed masked; the loss
+    sum over the masked positions of x_t of KL(target || p_S(. | x_t)). Returns the figures: the largest
+    gap of the loss to that value, to the reversed KL and to the KL summed over every position; whether
+    the calls' times paired as stated; the z-scores of the masked and unmasked fractions."""
+    teacher, student = distiller.teacher, Recorder(TableTeacher(3, 3, seed=2))
+    loss = distiller.training_loss(student, x0, generator=torch.Generator().manual_seed(seed)).double()
+    (xt, sbar), (x_mid, sbar_mid) = teacher.calls
+    (x_student, sbar_student) = student.calls[0]
+    eps, K = objective.schedule.eps, distiller.teacher_steps
+    grid = [1 - i / K for i in range(K + 1)]
+    totals = torch.tensor([-math.log(1 - (1 - eps) * t) for t in grid], dtype=torch.float64)
+
+    def grid_step(sbar):  # the index of the grid time whose total noise is sbar, -1 if none
+        gap, step = (sbar.double()[:, None] - totals[None]).abs().min(-1)
+        return torch.where(gap < 1e-4, step, -1)
+
+    step, step_mid = grid_step(sbar), grid_step(sbar_mid)
+    paired = bool((step % 2 == 0).all() and (step_mid == step + 1).all() and len(step.unique()) == K // 2)
+    paired &= torch.equal(x_student, xt) and torch.equal(sbar_student, sbar)
+    mask = objective.process.mask_id
+    masked, still = xt == mask, x_mid == mask
+    assert torch.equal(torch.where(masked, x0, xt), x0) and not (still & ~masked).any()
+    assert torch.equal(torch.where(masked, xt, x_mid), xt)  # the first step keeps x_t's unmasked tokens
+    t = torch.tensor([grid[i] if i >= 0 else math.nan for i in step.tolist()], dtype=torch.float64)[:, None]
+    t_mid = torch.tensor([grid[i] if i >= 0 else math.nan for i in step_mid.tolist()], dtype=torch.float64)[:, None]
+
+    def z(hits, p, among):
+        p = p.expand_as(hits)[among]
+        return abs((hits[among].double() - p).sum().item()) / math.sqrt((p * (1 - p)).sum().item())
+
+    mask_z = z(masked, (1 - eps) * t, torch.ones_like(masked))
+    unmask_z = z(~still, (t - t_mid) / t, masked)
+    first, second, log_q = teacher.inner.probs_of(xt), teacher.inner.probs_of(x_mid), student.inner.probs_of(xt).log()
+    target = torch.where((masked & ~still)[..., None], first, second)
+    kl = (target * (target.log() - log_q)).sum(-1)
+    reverse = (log_q.exp() * (log_q - target.log())).sum(-1)
+    right = torch.where(masked, kl, 0.0).sum(-1)
+    return {
+        "gap": (loss - right).abs().max().item(),
+        "reversed": (loss - torch.where(masked, reverse, 0.0).sum(-1)).abs().max().item(),
+        "every position": (loss - kl.sum(-1)).abs().max().item(),
+        "paired": paired,
+        "mask_z": mask_z,
+        "unmask_z": unmask_z,
+    }
+
+
+def distillation_setup(teacher_steps: int = 4, n: int = 4000):
+    V, L = 3, 3
+    objective = MDLM(Absorbing(V), LogLinear())
+    distiller = SelfDistillation(objective, Recorder(TableTeacher(V, L, seed=1)), teacher_steps)
+    x0 = torch.randint(0, V, (n, L), generator=torch.Generator().manual_seed(5))
+    return objective, distiller, x0
+
+
+def test_distillation_loss_is_the_kl_from_the_two_step_target():
+    """The loss is KL(target || student) summed over the masked positions of x_t, with the teacher's
+    steps paired (t_2j, t_2j+1), x_t drawn at t_2j and the student read at x_t (distill.py's docstring),
+    to float rounding (2e-6); the reversed KL and the sum over every position are 6.3 and 10.5 nats away
+    at the worst row."""
+    figures = distillation_figures(*distillation_setup())
+    assert figures["gap"] < 1e-4 and figures["paired"], figures
+    assert figures["mask_z"] < 4 and figures["unmask_z"] < 4, figures
+    assert figures["reversed"] > 0.1 and figures["every position"] > 0.1, figures
+
+
+@pytest.mark.parametrize("wrong", ["reversed-kl", "pairs-shifted", "noised-at-t-mid", "student-at-t-mid"])
+def test_distillation_loss_check_rejects_wrong_variants(monkeypatch, wrong):
+    """Each wrong variant fails the check above: the KL reversed (the loss off by up to 6.3 nats in a
+    row), the pairs shifted by one step to (t_2j+1, t_2j+2) (the calls' times off the grid's pairs), x_t
+    drawn at t_mid instead of t (the masked fraction 78 s.e. off), the student read at t_mid (for this
+    time-independent MDLM the value is unchanged; the call's time shows it)."""
+    from ddlm import distill
+
+    objective, distiller, x0 = distillation_setup()
+    if wrong == "reversed-kl":
+        kl = distill.categorical_kl
+        monkeypatch.setattr(distill, "categorical_kl", lambda p, log_q: kl(log_q.exp(), p.clamp(min=1e-30).log()))
+    elif wrong == "pairs-shifted":
+        distiller.times = torch.cat([distiller.times[1:], distiller.times[-1:]])
+    elif wrong == "noised-at-t-mid":
+        totals = objective.schedule.total(distiller.times).float()
+        perturb = objective.process.perturb
+
+        def at_t_mid(x, sbar, generator):
+            step = (sbar - totals).abs().argmin(-1)
+            return perturb(x, totals[step + 1][:, None], generator)
+
+        monkeypatch.setattr(objective.process, "perturb", at_t_mid)
+    else:
+        normalised = distill.normalised_scores
+
+        def late(objective, net, xt, sbar):
+            if isinstance(net, Recorder) and net.inner.logits is not distiller.teacher.inner.logits:
+                sbar = objective.schedule.total(torch.full_like(sbar, 0.5, dtype=torch.float64)).float()
+            return normalised(objective, net, xt, sbar)
+
+        monkeypatch.setattr(distill, "normalised_scores", late)
+    figures = distillation_figures(objective, distiller, x0)
+    right = figures["gap"] < 1e-4 and figures["paired"] and figures["mask_z"] < 4 and figures["unmask_z"] < 4
+    assert not right, figures
 
 
 def test_halving_rounds():
