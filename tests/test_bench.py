@@ -10,11 +10,14 @@ import json
 import math
 
 import pytest
+import torch
 
 from ddlm.bench import format_table
 from ddlm.cli.bench import add_parser, cmd_bench
 from ddlm.device import VECTOR_FLAGS, cpu_vector_flags
 from ddlm.errors import UserError
+from ddlm.networks import NetConfig
+from ddlm.reference import ReferenceTrainer, mask_tokens, masked_cross_entropy, reference_sample
 
 LENGTH = 24
 TINY = ["--preset", "tiny", "--seconds", "0.05", "--length", str(LENGTH), "--batch-size", "8", "--quiet"]
@@ -91,8 +94,8 @@ def test_training_figures_and_mfu(bench_run):
 
 def test_sampling_nfe_bounds(bench_run):
     sampling = bench_run[0]["sampling"]
-    assert set(sampling) == {"128", "1024"}
-    for steps, by_cache in sampling.items():
+    assert set(sampling) == {"128", "1024", "reference", "uncached_vs_reference", "cached_vs_reference"}
+    for steps, by_cache in ((k, v) for k, v in sampling.items() if k.isdigit()):
         assert set(by_cache) == {"cached", "uncached"}
         for run in by_cache.values():
             for key in ("seconds", "samples_per_s", "sequences_per_minute", "nfe"):
@@ -102,6 +105,52 @@ def test_sampling_nfe_bounds(bench_run):
         # uncached: one evaluation per step, fewer if every position is unmasked before the last step
         assert by_cache["cached"]["nfe"] <= by_cache["uncached"]["nfe"] <= int(steps) + 1
     assert sampling["1024"]["uncached"]["nfe"] > sampling["1024"]["cached"]["nfe"]
+
+
+def test_ratios_to_the_reference(bench_run):
+    """The issue's keys: ddlm against the plain PyTorch reference at the same precision, in one run."""
+    result = bench_run[0]
+    train, sampling = result["train"], result["sampling"]
+    assert positive_finite(train["vs_reference"]) and positive_finite(sampling["uncached_vs_reference"])
+    assert positive_finite(sampling["cached_vs_reference"])
+    for key in ("tokens_per_s", "step_ms", "step_ms_median", "mfu"):
+        assert positive_finite(train["reference"][key]), key
+    assert train["reference"]["steps"] >= 3
+    call = sampling["reference"]
+    assert positive_finite(call["ms_per_call"]) and positive_finite(call["reference_ms_per_call"])
+    # the ratios are what they say: medians of step times, and per-call times
+    assert train["vs_reference"] == pytest.approx(train["reference"]["step_ms_median"] / train["step_ms_median"])
+    assert sampling["uncached_vs_reference"] == pytest.approx(call["reference_ms_per_call"] / call["ms_per_call"])
+    assert result["machine"]["cpu_flags"] == cpu_vector_flags()
+
+
+def test_reference_cross_entropy_is_the_masked_positions_mean():
+    """masked_cross_entropy against a hand computation: -log softmax at the clean token, masked only."""
+    logits = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 3.0]]])
+    x0 = torch.tensor([[0, 2, 2]])
+    masked = torch.tensor([[True, True, False]])
+    # position 0: -log(e^2 / (e^2 + 2)); position 1: -log(1 / (e + 2)); position 2 unmasked, not counted
+    hand = (-math.log(math.exp(2) / (math.exp(2) + 2)) - math.log(1 / (math.e + 2))) / 2
+    assert masked_cross_entropy(logits, x0, masked).item() == pytest.approx(hand, rel=1e-6)
+    assert masked_cross_entropy(logits, x0, torch.zeros_like(masked)).item() == 0.0
+
+
+def test_reference_trains_and_samples():
+    """An untrained reference (zero signal) scores log V nats per masked token at its uniform start, its
+    AdamW steps lower the loss on one repeated batch, and its sampler leaves no mask behind."""
+    cfg = NetConfig(5, 4, 12, d_model=16, n_layers=1, n_heads=2)
+    trainer = ReferenceTrainer(cfg, mask_id=4, amp=None, device=torch.device("cpu"), lr=1e-2)
+    torch.nn.init.zeros_(trainer.net.head.weight)
+    torch.nn.init.zeros_(trainer.net.head.bias)
+    x0 = torch.randint(0, 4, (8, 12), generator=torch.Generator().manual_seed(0))
+    xt, masked = mask_tokens(x0, 4, torch.Generator().manual_seed(1))
+    assert torch.equal(xt[masked], torch.full_like(xt[masked], 4)) and torch.equal(xt[~masked], x0[~masked])
+    first = trainer.step(x0)
+    assert first == pytest.approx(math.log(4), rel=1e-5)
+    losses = [trainer.step(x0) for _ in range(30)]
+    assert sum(losses[-5:]) / 5 < first
+    out = reference_sample(trainer.net, 3, 12, 4, mask_id=4, amp=None, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (3, 12) and int(out.max()) < 4
 
 
 def test_scaling_writes_png_and_numbers(bench_run):
@@ -123,7 +172,8 @@ def test_scaling_writes_png_and_numbers(bench_run):
 def test_table_names_every_figure(bench_run):
     table = format_table(bench_run[0])
     assert ", ".join(bench_run[0]["machine"]["cpu_flags"]) in table
-    for word in ("tokens/s", "MFU", "GFLOP/s", "cache speedup", "peak memory", "1024", "uncached", "scaling"):
+    words = ("tokens/s", "MFU", "GFLOP/s", "cache speedup", "peak memory", "1024", "uncached", "scaling", "reference")
+    for word in words:
         assert word in table
 
 

@@ -33,6 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,12 +55,15 @@ from .objectives import ScoreEntropy
 from .objectives.bd3lm import BlockDiffusion, generate_blocks
 from .plots import plot_scaling
 from .processes import Absorbing
+from .reference import ReferenceNet, ReferenceTrainer, reference_sample
 from .sampling import SampleSpec, TauLeaping, generate
 from .schedules import LogLinear
 from .train import Trainer
 
 VOCAB = 24  # the protein tokenizer: 20 residues, X, and the start, end and padding markers
 SAMPLING_STEPS = (128, 1024)
+# the uncached network call against the reference's: this many steps a run, runs in turn, medians
+REFERENCE_CALL_STEPS, REFERENCE_REPEATS = 32, 5
 MATMUL_SIZES = (1024, 1536, 2048)
 MIN_REPEATS = 3  # timed repetitions at least, whatever --seconds says: a best-of needs several
 WARMUP_STEPS = 3  # the first steps pay for oneDNN kernel selection, allocator growth and lazy optimiser state
@@ -201,16 +205,25 @@ def count_positions(ids: torch.Tensor) -> torch.Tensor:
 
 
 def time_training(
-    trainer: Trainer, length: int, seconds: float, warmup: int = WARMUP_STEPS, min_steps: int = MIN_REPEATS
+    trainer: Trainer,
+    length: int,
+    seconds: float,
+    warmup: int = WARMUP_STEPS,
+    min_steps: int = MIN_REPEATS,
+    between: Callable[[], None] | None = None,
 ) -> dict:
     """Mean wall time of `Trainer.train_step` after `warmup` untimed steps, over at least `min_steps`
     steps and `seconds` seconds. train_step ends with .item(), which waits for the device.
 
     The mean gives the throughput; the median is reported beside it because it shrugs off a step
-    slowed by another process, so a large gap between the two says the machine was not quiet."""
+    slowed by another process, so a large gap between the two says the machine was not quiet.
+    `between`, if given, runs after every step (warm-up included) outside the timed intervals: the
+    reference's step, so that both see the same state of the machine (see `measure_training`)."""
     for _ in range(warmup):
         trainer.train_step()
         trainer.step += 1  # as fit() does: the next batch, and the learning-rate warm-up moves on
+        if between is not None:
+            between()
     times: list[float] = []
     skipped = 0
     t0 = time.perf_counter()
@@ -219,10 +232,11 @@ def time_training(
         skipped += trainer.train_step() is None
         times.append(time.perf_counter() - start)
         trainer.step += 1
-    elapsed = time.perf_counter() - t0
+        if between is not None:
+            between()
     steps = len(times)
     batch = trainer.cfg.batch_size
-    step_s = elapsed / steps
+    step_s = sum(times) / steps
     return {
         "tokens_per_s": batch * length / step_s,
         "step_ms": 1e3 * step_s,
@@ -415,18 +429,45 @@ def measure_peaks(setup: Setup, seconds: float, say: Progress) -> dict:
 
 
 def measure_training(setup: Setup, trainer: Trainer, args, peaks: dict, say: Progress) -> dict:
+    """ddlm's training step and the reference's (reference.py) on the same batches, one after the other
+    in turn, so that both see the same state of a shared machine; `vs_reference` is the ratio of their
+    median step times (above 1: ddlm is faster)."""
     precision = "bf16" if setup.amp == torch.bfloat16 else "fp32"
-    say(f"training: batch {args.batch_size} x {args.length}, {precision} ...")
-    train = time_training(trainer, args.length, args.seconds)
+    say(f"training: batch {args.batch_size} x {args.length}, {precision}, ddlm and the reference in turn ...")
+    reference = ReferenceTrainer(setup.net_cfg, setup.objective.process.mask_id, setup.amp, setup.device)
+    ref_times: list[float] = []
+
+    def reference_step() -> None:
+        x0 = trainer.batches(trainer.step).to(setup.device)
+        start = time.perf_counter()
+        reference.step(x0)  # ends with .item(), which waits for the device
+        ref_times.append(time.perf_counter() - start)
+
+    train = time_training(trainer, args.length, args.seconds, between=reference_step)
     flops = train_flops_per_token(trainer.net, args.length)
     achieved = train["tokens_per_s"] * flops / 1e9
     train.update(precision=precision, flops_per_token=flops, achieved_gflops=achieved, mfu=achieved / peaks[precision])
-    say(f"  {train['tokens_per_s']:.0f} tokens/s, {train['step_ms']:.1f} ms/step, MFU {train['mfu']:.1%}")
+    timed = ref_times[WARMUP_STEPS:]
+    ref_step_s = sum(timed) / len(timed)
+    ref_tokens_per_s = args.batch_size * args.length / ref_step_s
+    train["reference"] = {
+        "tokens_per_s": ref_tokens_per_s,
+        "step_ms": 1e3 * ref_step_s,
+        "step_ms_median": 1e3 * statistics.median(timed),
+        "steps": len(timed),
+        "mfu": ref_tokens_per_s * flops / 1e9 / peaks[precision],
+    }
+    train["vs_reference"] = train["reference"]["step_ms_median"] / train["step_ms_median"]
+    say(
+        f"  {train['tokens_per_s']:.0f} tokens/s, {train['step_ms']:.1f} ms/step, MFU {train['mfu']:.1%}; "
+        f"reference {ref_tokens_per_s:.0f} tokens/s: ddlm {train['vs_reference']:.2f}x"
+    )
     return train
 
 
 def measure_sampling(setup: Setup, net: Transformer, args, say: Progress) -> dict:
-    """Tau-leaping at each of SAMPLING_STEPS, with and without the cache."""
+    """Tau-leaping at each of SAMPLING_STEPS, with and without the cache, then the uncached network call
+    against the reference's (`compare_sampling_call`)."""
     warm_sampler(setup, net, args.sequences, args.length)
     sampling: dict = {}
     for steps in SAMPLING_STEPS:
@@ -438,7 +479,62 @@ def measure_sampling(setup: Setup, net: Transformer, args, say: Progress) -> dic
                 r = time_sampling(setup, net, args.sequences, args.length, steps, cached, seed=steps, progress=bar)
             sampling[str(steps)][name] = r
             say(f"  {r['seconds']:.2f} s, nfe {r['nfe']}, {r['sequences_per_minute']:.1f} sequences/min")
+    reference = compare_sampling_call(setup, net, args, say)
+    sampling["reference"] = reference
+    sampling["uncached_vs_reference"] = reference["reference_ms_per_call"] / reference["ms_per_call"]
+    # the reference samples with one call per step, so its 1024 steps cost 1024 of its calls
+    last = SAMPLING_STEPS[-1]
+    reference_seconds = last * reference["reference_ms_per_call"] / 1e3
+    sampling["cached_vs_reference"] = reference_seconds / sampling[str(last)]["cached"]["seconds"]
+    say(
+        f"  uncached call {sampling['uncached_vs_reference']:.2f}x the reference's; cached {last}-step sampling "
+        f"{sampling['cached_vs_reference']:.1f}x the reference's {last} calls"
+    )
     return sampling
+
+
+def compare_sampling_call(setup: Setup, net: Transformer, args, say: Progress) -> dict:
+    """Milliseconds per network call of ddlm's uncached sampler (`generate`, REFERENCE_CALL_STEPS steps,
+    seconds / nfe: the sampler's own work included) and of `reference_sample` over as many steps, in
+    turn, REFERENCE_REPEATS times each; medians."""
+    n, length, steps = args.sequences, args.length, REFERENCE_CALL_STEPS
+    say(f"sampling: {n} x {length}, {steps} uncached steps, ddlm and the reference in turn ...")
+    torch.manual_seed(0)
+    reference = ReferenceNet(setup.net_cfg).to(setup.device)
+    mask_id = setup.objective.process.mask_id
+    reference_sample(reference, n, length, 2, mask_id, setup.amp, device=setup.device)  # warm-up
+    ddlm_ms, ref_ms = [], []
+    for repeat in range(REFERENCE_REPEATS):
+        r = time_sampling(setup, net, n, length, steps, use_cache=False, seed=repeat)
+        ddlm_ms.append(1e3 * r["seconds"] / r["nfe"])
+        gen = torch.Generator(setup.device).manual_seed(repeat)
+        sync(setup.device)
+        t0 = time.perf_counter()
+        reference_sample(reference, n, length, steps, mask_id, setup.amp, generator=gen, device=setup.device)
+        sync(setup.device)
+        ref_ms.append(1e3 * (time.perf_counter() - t0) / steps)
+    return {
+        "steps": steps,
+        "repeats": REFERENCE_REPEATS,
+        "ms_per_call": statistics.median(ddlm_ms),
+        "reference_ms_per_call": statistics.median(ref_ms),
+    }
+
+
+def reference_lines(r: dict) -> list[str]:
+    """The table's lines for the reference (reference.py) at the same precision; none in older records."""
+    t, sa = r["train"], r["sampling"]
+    if "reference" not in t:
+        return []
+    ref, call = t["reference"], sa["reference"]
+    return [
+        f"reference nn.TransformerEncoder + AdamW, {t['precision']}: {ref['tokens_per_s']:,.0f} tokens/s "
+        f"(median {ref['step_ms_median']:.1f} ms/step, MFU {ref['mfu']:.1%}): ddlm trains "
+        f"{t['vs_reference']:.2f}x as fast (medians, steps in turn)",
+        f"          uncached sampling call {call['ms_per_call']:.1f} ms against the reference's "
+        f"{call['reference_ms_per_call']:.1f} ms: {sa['uncached_vs_reference']:.2f}x; cached "
+        f"{SAMPLING_STEPS[-1]}-step sampling {sa['cached_vs_reference']:.1f}x the reference's one call a step",
+    ]
 
 
 def format_table(r: dict) -> str:
@@ -459,11 +555,14 @@ def format_table(r: dict) -> str:
         f"train     batch {t['batch_size']} x {t['length']}, {t['precision']}: {t['tokens_per_s']:,.0f} tokens/s, "
         f"{t['step_ms']:.1f} ms/step (median {t['step_ms_median']:.1f}), {t['achieved_gflops']:.1f} GFLOP/s, "
         f"MFU {t['mfu']:.1%} of the {t['precision']} peak",
+        *reference_lines(r),
         "",
         f"sampling  tau-leaping, {r['sampling_sequences']} sequences of {t['length']} positions",
         f"  {'steps':>6} {'cache':>9} {'seconds':>9} {'seq/min':>9} {'samples/s':>10} {'nfe':>6} {'net GFLOP/s':>12}",
     ]
     for steps, by_cache in r["sampling"].items():
+        if not steps.isdigit():  # the reference's figures, printed by reference_lines
+            continue
         for name, s in by_cache.items():
             lines.append(
                 f"  {steps:>6} {name:>9} {s['seconds']:9.2f} {s['sequences_per_minute']:9.1f} "
