@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import torch
 
@@ -122,6 +123,9 @@ class SampleSpec:
     # sequence of its batch has ended (proteins; set by the domain)
     end_id: int | None = None
     pad_id: int | None = None
+    # a steered sampler (guidance/particles.py: reward-guided particles), which then draws every sample:
+    # guide.sample(net, objective, batch, length, spec, ...) in place of objective.sample
+    guide: object | None = None
 
     def shape(self, s: torch.Tensor) -> torch.Tensor:
         """The scores [..., V] as this spec samples them: the tokens not allowed at zero, then each
@@ -241,6 +245,13 @@ class CachedScores:
     def forget(self, changed: torch.Tensor) -> None:
         """The sequences in `changed` [B] moved: their outputs are stale."""
         self.fresh &= ~changed
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Row i now holds the sequence that was row rows[i] (particles resampled): its output, freshness
+        and self-conditioning estimate follow it; `nfe` stays with the row (the evaluations it paid for)."""
+        self.out, self.fresh = self.out[rows], self.fresh[rows]
+        if self.estimates.last is not None:
+            self.estimates.last = self.estimates.last[rows]
 
 
 class SelfConditioning:
@@ -391,7 +402,8 @@ def draw_lengths(log_p: torch.Tensor, count: int, low: int, high: int, generator
 
 def sample_many(net, objective, n: int, length: int, spec: SampleSpec, *, seed: int, device, amp=None, progress=None):
     """n sequences in batches of spec.batch_size, each drawn by the objective's own sampler
-    (`objective.sample`); returns (ids [n, L'], largest per-sequence nfe, seconds)."""
+    (`objective.sample`), or by `spec.guide` when sampling is steered (its batches hold
+    `guide.samples_per_batch` samples); returns (ids [n, L'], largest per-sample nfe, seconds)."""
     gen = torch.Generator(device).manual_seed(seed)
     chunks, nfe = [], 0
     start = time.perf_counter()
@@ -400,15 +412,15 @@ def sample_many(net, objective, n: int, length: int, spec: SampleSpec, *, seed: 
     if trims:  # records of like length share a batch, so each batch's window ends near its records
         order = torch.argsort(record_ends(spec), stable=True)
         spec = replace(spec, clamp=spec.clamp[order], clamp_values=spec.clamp_values[order])
-    for first in range(0, n, spec.batch_size):
-        b = min(spec.batch_size, n - first)
+    sampler = objective.sample if spec.guide is None else partial(spec.guide.sample, objective=objective)
+    per_batch = spec.batch_size if spec.guide is None else spec.guide.samples_per_batch(spec.batch_size)
+    for first in range(0, n, per_batch):
+        b = min(per_batch, n - first)
         clamp, values = spec_clamp(spec, first, b, device)
         window = int(record_ends(spec, first, b).max()) if trims else length
 
         def sample_window(clamp, values, b=b, window=window):
-            return objective.sample(
-                net, b, window, spec, clamp=clamp, clamp_values=values, generator=gen, device=device
-            )
+            return sampler(net, b, window, spec, clamp=clamp, clamp_values=values, generator=gen, device=device)
 
         if spec.semi_ar_length:
             result = generate_semi_ar(sample_window, b, spec.semi_ar_length, length, length // 2, device)
