@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from .errors import UserError
 from .registry import Registry
 
 
@@ -144,3 +145,19 @@ def commit_top(
     new_x = torch.where(free & ~chosen, mask_id, new_x)
     new_score = torch.where(chosen & masked, score, committed_score)
     return new_x, new_score
+
+
+def order_policy(order: str | None, noise: float, remask: bool, threshold: float | None) -> OrderPolicy | None:
+    """The unmasking order the flags --order, --order-noise, --remask and --threshold ask for (None: the
+    sampler's own random unmasking), or a UserError naming the flag that does not fit."""
+    order = "top-prob" if remask and order is None else order  # RDM re-ranks by confidence
+    if order is None:
+        if threshold is not None:
+            raise UserError("--threshold is for --order confidence")
+        return None
+    if order not in ORDERS:
+        raise UserError(f"--order {order}: unknown unmasking order; use one of {', '.join(ORDERS.names())}")
+    policy = ORDERS[order](noise=noise, remask=remask, threshold=threshold)
+    if (refusal := policy.refusal()) is not None:
+        raise UserError(refusal)
+    return policy

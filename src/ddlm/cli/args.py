@@ -7,8 +7,9 @@ import argparse
 import math
 import sys
 
-from ..errors import UserError
-from ..ordering import ORDERS, OrderPolicy
+from ..guidance.resampling import SCHEMES, TRIGGERS
+from ..ordering import ORDERS
+from ..ordering import order_policy as order_policy  # the commands import it from here
 from ..sampling import STEP_RULES
 
 
@@ -83,20 +84,6 @@ class Deprecated(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def order_policy(order: str | None, noise: float, remask: bool, threshold: float | None) -> OrderPolicy | None:
-    """The unmasking order the flags --order, --order-noise, --remask and --threshold ask for (None: the
-    sampler's own random unmasking), or a UserError naming the flag that does not fit."""
-    order = "top-prob" if remask and order is None else order  # RDM re-ranks by confidence
-    if order is None:
-        if threshold is not None:
-            raise UserError("--threshold is for --order confidence")
-        return None
-    policy = ORDERS[order](noise=noise, remask=remask, threshold=threshold)
-    if (refusal := policy.refusal()) is not None:
-        raise UserError(refusal)
-    return policy
-
-
 def add_threshold_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--threshold",
@@ -104,6 +91,46 @@ def add_threshold_argument(p: argparse.ArgumentParser) -> None:
         metavar="P",
         help="--order confidence: also commit, in the same call, every masked position whose top probability "
         "exceeds P (default 0.9); at least one per call, so a sample may take fewer calls than --steps",
+    )
+
+
+def add_steering_arguments(p: argparse.ArgumentParser) -> None:
+    """Reward-guided particles (guidance/particles.py) and remasking; their ranges are checked where they
+    are used, so the CLI and the Python API refuse the same values with the same line."""
+    p.add_argument(
+        "--reward",
+        metavar="SPEC",
+        help="steer towards a higher reward: charge, gravy, hmm:FILE, regex:PATTERN, sudoku or py:MODULE:FUNCTION",
+    )
+    p.add_argument("--particles", type=int, default=1, metavar="K", help="particles per sample (1: plain sampling)")
+    p.add_argument(
+        "--reward-temperature",
+        type=float,
+        default=1.0,
+        metavar="LAMBDA",
+        help="target p(x) exp(r(x) / LAMBDA): smaller follows the reward harder (in the reward's units)",
+    )
+    p.add_argument(
+        "--resample",
+        choices=TRIGGERS.names(),
+        default="ess",
+        help="when particles are resampled: ess (when the effective sample size falls below K/2), always, never",
+    )
+    p.add_argument("--resampler", choices=SCHEMES.names(), default="systematic", help="how particles are resampled")
+    p.add_argument(
+        "--pick",
+        choices=["draw", "best"],
+        default="draw",
+        help="the particle each sample returns: drawn from the final weights, or the highest reward "
+        "(best-of-K with --resample never)",
+    )
+    p.add_argument(
+        "--remask-rate",
+        type=float,
+        default=0.0,
+        metavar="R",
+        help="masked runs: committed tokens return to the mask, about R for each token the schedule unmasks, "
+        "so that a sampler can take back early choices (ReMDM-style; the marginals are kept)",
     )
 
 
@@ -170,4 +197,5 @@ def add_sampling_arguments(p: argparse.ArgumentParser, default_n: int) -> None:
         action="store_true",
         help="RDM: committed tokens that are outranked return to the mask (implies --order top-prob)",
     )
+    add_steering_arguments(p)
     add_runtime_arguments(p)

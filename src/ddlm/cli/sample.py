@@ -3,142 +3,84 @@
 from __future__ import annotations
 
 import json
-import sys
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
+from .. import api
 from ..data.fasta import write_fasta
-from ..device import autocast, autocast_dtype, pick_device
-from ..domains import Domain, domain_from_config
-from ..errors import UserError
-from ..infill import Template, arrangement_nll, choose_arrangements
+from ..device import autocast
 from ..plots import denoising_gif
-from ..run import LoadedRun, load_run
-from ..sampling import STEP_RULES, SampleSpec, generate, sample_many, spec_clamp
-from .args import add_sampling_arguments, length_range, log, order_policy
+from ..sampling import SampleSpec, generate, spec_clamp
+from .args import add_sampling_arguments, length_range, log
 
 
-@dataclass
-class Session:
-    """A trained run, its data and where and how it runs: what every command after training starts from."""
-
-    loaded: LoadedRun
-    domain: Domain
-    device: torch.device
-    amp: torch.dtype | None
+class Session(api.Session):
+    """The run a command names (`args.run`, `--device`, `--precision`); see api.Session."""
 
     @classmethod
     def open(cls, args) -> Session:
-        device = pick_device(args.device)
-        loaded = load_run(args.run, device=device)
-        domain = domain_from_config(loaded.config.data, Path(args.run))
-        return cls(loaded, domain, device, autocast_dtype(args.precision, device))
+        return cls.start(args.run, args.device, args.precision)
 
-    def sample(
-        self, n: int, spec: SampleSpec, seed: int, quiet: bool, lengths: tuple[int, int] | None = None
-    ) -> tuple[torch.Tensor, int, float]:
-        """(ids [n, L], largest nfe, seconds), with a progress bar on stderr. Records get their length
-        first (the domain's frame; `lengths` the user's range), unless the spec grows text past the window."""
-        if not spec.semi_ar_length:
-            spec = self.domain.framed(spec, self.loaded.net, n, seed, lengths)
-        bar = tqdm(total=n, disable=quiet, file=sys.stderr, unit="seq", dynamic_ncols=True)
-        try:
-            loaded = self.loaded
-            net, objective, length = loaded.net, loaded.objective, self.domain.length
-            return sample_many(
-                net, objective, n, length, spec, seed=seed, device=self.device, amp=self.amp, progress=bar
-            )
-        finally:
-            bar.close()
+
+def options(args) -> api.Options:
+    """The sampling flags as the Python API's options (the same names, `--no-cache` as cache=False)."""
+    return api.Options(
+        steps=args.steps,
+        sampler=args.sampler,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        cache=not args.no_cache,
+        kv_cache=not args.no_kv_cache,
+        order=args.order,
+        order_noise=args.order_noise,
+        threshold=args.threshold,
+        remask=args.remask,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        length=getattr(args, "length", None),
+        semi_ar=getattr(args, "semi_ar", False),
+        reward=args.reward,
+        particles=args.particles,
+        reward_temperature=args.reward_temperature,
+        resample=args.resample,
+        resampler=args.resampler,
+        pick=args.pick,
+        remask_rate=args.remask_rate,
+    )
 
 
 def cmd_sample(args) -> int:
     session = Session.open(args)
-    spec = sample_spec(args, session)
     if args.animate:
-        write_animation(args, session, spec)
-    return emit_samples(args, session, spec)
+        write_animation(args, session, api.sample_spec(session, options(args), animate=True))
+    return emit_samples(args, api.draw_samples(session, args.n, options(args), quiet=args.quiet))
 
 
 def cmd_infill(args) -> int:
     session = Session.open(args)
-    spec = sample_spec(args, session)
-    spec, gap_lengths = infill_spec(session, spec, session.domain.template(args.template), args.n, args.seed)
-    return emit_samples(args, session, spec, gap_lengths)
+    return emit_samples(args, api.draw_samples(session, args.n, options(args), args.template, quiet=args.quiet))
 
 
-def infill_spec(session: Session, spec: SampleSpec, template: Template, n: int, seed: int):
-    """(spec, gap lengths per sample or None): the template's residues held, its gaps free. When a gap's
-    length is a range, the model scores every arrangement and each sample draws one (see infill.py)."""
-    domain, loaded = session.domain, session.loaded
-    arrangements = template.arrangements(domain.max_residues)
-    clamp, values = domain.template_frames(template, arrangements)
-    allowed = domain.residue_tokens()
-    if len(arrangements) == 1:
-        return replace(spec, clamp=clamp[0], clamp_values=values[0], allowed=allowed), None
-    if not loaded.objective.any_order:
-        raise UserError(
-            "--template: a gap of a range of lengths needs a masked diffusion run to score it in any order "
-            f"(sedd or mdlm, absorbing), not --objective {loaded.config.objective}; give each gap one length, "
-            "e.g. _{5}"
-        )
-    gen = torch.Generator(session.device).manual_seed(seed)
-    with autocast(session.device, session.amp):
-        nll = arrangement_nll(loaded.net, loaded.objective, clamp.to(session.device), values.to(session.device), gen)
-    chosen = choose_arrangements(nll.cpu(), n, torch.Generator().manual_seed(seed)).tolist()
-    gap_lengths = [list(arrangements[i]) for i in chosen]
-    return replace(spec, clamp=clamp[chosen], clamp_values=values[chosen], allowed=allowed), gap_lengths
-
-
-def sample_spec(args, session: Session) -> SampleSpec:
-    """The sampling flags, checked against the run (its objective refuses what it cannot do)."""
-    spec = SampleSpec(
-        steps=args.steps or session.loaded.config.sampling_steps,
-        rule=STEP_RULES[args.sampler](),
-        use_cache=not args.no_cache,
-        kv_cache=not args.no_kv_cache,
-        batch_size=args.batch_size,
-        temperature=args.temperature,
-        top_p=args.top_p,
-    )
-    spec.order = order_policy(args.order, args.order_noise, args.remask, args.threshold)
-    if getattr(args, "semi_ar", False):
-        if args.length is None or args.length[0] != args.length[1]:
-            raise UserError("--semi-ar needs --length N, the tokens to generate")
-        if not session.domain.supports_semi_ar:
-            raise UserError(
-                f"--semi-ar: {session.domain.name} records have fixed start and end markers; use a text run"
-            )
-        spec.semi_ar_length = args.length[0]
-    refusal = session.loaded.objective.sampling_refusal(spec, animate=bool(getattr(args, "animate", None)))
-    if refusal is not None:
-        raise UserError(refusal)
-    return spec
-
-
-def emit_samples(args, session: Session, spec: SampleSpec, gap_lengths: list | None = None) -> int:
-    ids, nfe, seconds = session.sample(args.n, spec, args.seed, args.quiet, getattr(args, "length", None))
-    texts, valid = session.domain.decode(ids)
+def emit_samples(args, samples: api.Samples) -> int:
+    """One JSON object (--json), a FASTA file (--out) or FASTA on stdout."""
     if args.json:
-        result = {"samples": texts, "nfe": nfe, "seconds": seconds, "valid": valid}
-        if gap_lengths is not None:
-            result["gap_lengths"] = gap_lengths
-        print(json.dumps(result))
+        print(json.dumps(samples.summary()))
         return 0
-    names = [f"sample_{i} valid={v} nfe<={nfe}" for i, v in enumerate(valid)]
-    if gap_lengths is not None:
-        names = [f"{name} gaps={','.join(map(str, g))}" for name, g in zip(names, gap_lengths, strict=True)]
+    nfe = samples.nfe
+    names = [f"sample_{i} valid={v} nfe<={nfe}" for i, v in enumerate(samples.valid)]
+    if samples.rewards is not None:
+        names = [f"{name} reward={r:.6g}" for name, r in zip(names, samples.rewards, strict=True)]
+    if samples.gap_lengths is not None:
+        names = [f"{name} gaps={','.join(map(str, g))}" for name, g in zip(names, samples.gap_lengths, strict=True)]
     if args.out:
-        write_fasta(args.out, names, texts)
+        write_fasta(args.out, names, samples.texts)
         log(
-            f"wrote {len(texts)} sequences to {args.out} ({nfe} network evaluations per sequence at most, "
-            f"{seconds:.1f} s)"
+            f"wrote {len(samples.texts)} sequences to {args.out} ({nfe} network evaluations per sequence at most, "
+            f"{samples.seconds:.1f} s)"
         )
     else:
-        for name, text in zip(names, texts, strict=True):
+        for name, text in zip(names, samples.texts, strict=True):
             print(f">{name}\n{text}")
     return 0
 
