@@ -56,6 +56,20 @@ class TrainConfig:
         return cls(**{**record, "betas": tuple(record.get("betas", cls.betas))})
 
 
+DEFAULT_LABEL_DROPOUT = 0.1
+
+
+def label_config(args, data: dict) -> dict | None:
+    """The labels part of a new run's configuration ({"dropout": p_drop}; the names come with the data),
+    or None for a run without `--labels`; `--label-dropout` alone is refused."""
+    dropout = getattr(args, "label_dropout", None)
+    if not data.get("labels"):
+        if dropout is not None:
+            raise UserError("--label-dropout applies with --labels only")
+        return None
+    return {"dropout": DEFAULT_LABEL_DROPOUT if dropout is None else dropout}
+
+
 def option_owners() -> dict[str, list[type[Objective]]]:
     """Every objective-specific flag and the objectives that take it."""
     owners: dict[str, list[type[Objective]]] = {}
@@ -93,6 +107,8 @@ class RunConfig:
     net: NetConfig | None = None
     # a distilled student's origin (`ddlm distill`): teacher, its steps, the student's steps, the rounds
     lineage: dict | None = None
+    # a labelled run (`--labels`): {"names": the label vocabulary, "dropout": p_drop}; None without labels
+    labels: dict | None = None
     # objective-specific flags the user gave, of any objective (not saved: a saved run has only its own)
     flags_given: dict[str, Any] = field(default_factory=dict)
 
@@ -104,6 +120,11 @@ class RunConfig:
     def length(self) -> int | None:
         """Positions per training sequence, once the data is known."""
         return None if self.net is None else self.net.max_len
+
+    @property
+    def label_names(self) -> list[str] | None:
+        """The labels a labelled run knows, in the order of their indices (the null label is the next)."""
+        return self.labels["names"] if self.labels else None
 
     @property
     def sampling_steps(self) -> int:
@@ -145,6 +166,7 @@ class RunConfig:
             dropout=args.dropout,
             train=train,
             flags_given=given,
+            labels=label_config(args, data),
         )
         return config.validate()
 
@@ -160,6 +182,9 @@ class RunConfig:
         layout = domain.record_layout(tokenizer) if self.objective_class.models_length else None
         if layout is not None:  # p(x) = p(n) p(residues | n): the markers and padding are context
             complete.support = layout["support"]
+        if self.labels is not None:
+            names = domain.label_names()
+            complete.labels = {"names": names, **self.labels}
         objective = complete.build_objective()
         vocab_in, vocab_out = objective.net_vocab
         time_conditioning = self.time_conditioning
@@ -177,6 +202,7 @@ class RunConfig:
             pad_id=layout and layout["pad_id"],
             length_classes=layout["length_classes"] if layout else 0,
             self_conditioning=bool(self.objective_options.get("self_conditioning")),
+            label_classes=len(complete.label_names or ()),
             **PRESETS[self.preset],
         )
         return complete.validate()
@@ -201,6 +227,7 @@ class RunConfig:
             "net": self.net.to_dict(),
             "train": self.train.to_dict(),
             **({"lineage": self.lineage} if self.lineage else {}),
+            **({"labels": self.labels} if self.labels else {}),
         }
 
     @classmethod
@@ -221,6 +248,7 @@ class RunConfig:
             support=record.get("support"),  # runs before length-aware modelling have none
             net=net,
             lineage=record.get("lineage"),
+            labels=record.get("labels"),  # runs without labels have none
         )
 
     def write(self, run_dir: Path) -> None:

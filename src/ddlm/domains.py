@@ -19,11 +19,12 @@ import torch
 from .config import TrainConfig
 from .data import proteins
 from .data.fasta import write_fasta
+from .data.labels import encode_labels
 from .data.tokenizers import CharTokenizer
 from .errors import UserError
 from .infill import Template, parse_template
 from .registry import Registry
-from .rundir import CONFIG, PROTEIN_SPLIT, read_json
+from .rundir import CONFIG, HELDOUT_FASTA, PROTEIN_SPLIT, read_json
 from .sampling import SampleSpec, draw_lengths
 
 
@@ -112,6 +113,25 @@ class Domain:
         """Reference figures of the training data for the end-of-training summary."""
         return {}
 
+    # --- labels (a model of p(x | y), guidance/cfg.py) ---------------------------------------------
+    def label_names(self) -> list[str] | None:
+        """The label vocabulary of a new labelled run (the sorted labels of its records), or None."""
+        return None
+
+    def train_labels(self, names: list[str]) -> torch.Tensor | None:
+        """[n] each training record's label index in `names` (the order of the training ids), or None."""
+        return None
+
+    def heldout_labels(self, names: list[str]) -> torch.Tensor | None:
+        """[n] each held-out record's label index (the order of `heldout()`), or None."""
+        return None
+
+
+def refuse_labels(domain: type[Domain], args) -> None:
+    """--labels and --label-dropout are for data whose records carry labels (FASTA, for now)."""
+    if getattr(args, "labels", None) is not None or getattr(args, "label_dropout", None) is not None:
+        raise UserError(f"--labels: labelled records are read from FASTA data only, not {domain.name} data")
+
 
 DOMAINS: Registry[type[Domain]] = Registry("kind of data")
 
@@ -134,6 +154,8 @@ class ProteinDomain(Domain):
             "heldout_fraction": args.heldout_fraction,
             "skip_invalid": args.skip_invalid,
             "length_model": not args.fixed_window,
+            # present only in a labelled run, so an unlabelled run's config is as before
+            **({"labels": args.labels} if getattr(args, "labels", None) is not None else {}),
         }
 
     @property
@@ -189,10 +211,34 @@ class ProteinDomain(Domain):
     def frame(self, lengths):
         return self.tokenizer().frame(lengths, self.length)
 
+    _data: proteins.ProteinData | None = None  # the records, read once per command
+
     def _load(self) -> proteins.ProteinData:
-        return proteins.load_proteins(
-            self.cfg["spec"], self.max_residues, self.cfg.get("heldout_fraction", 0.05), self.cfg.get("skip_invalid")
-        )
+        if self._data is None:
+            self._data = proteins.load_proteins(
+                self.cfg["spec"],
+                self.max_residues,
+                self.cfg.get("heldout_fraction", 0.05),
+                self.cfg.get("skip_invalid"),
+                self.cfg.get("labels"),
+            )
+        return self._data
+
+    def label_names(self):
+        data = self._load()
+        if data.train_labels is None:
+            return None
+        return sorted(set(data.train_labels) | set(data.heldout_labels))
+
+    def train_labels(self, names):
+        labels = self._load().train_labels
+        return None if labels is None else encode_labels(labels, names, f"--labels {self.cfg['labels']}")
+
+    def heldout_labels(self, names):
+        if not self.cfg.get("labels"):
+            return None
+        path = self.run_dir / HELDOUT_FASTA
+        return encode_labels(proteins.load_heldout_labels(self.run_dir, self.max_residues), names, str(path))
 
     def prepare(self):
         data = self._load()
@@ -271,6 +317,7 @@ class TextDomain(Domain):
 
     @classmethod
     def config_from_flags(cls, spec, args):
+        refuse_labels(cls, args)
         return {
             "spec": spec,
             "kind": cls.name,
@@ -360,6 +407,7 @@ class SudokuDomain(Domain):
 
     @classmethod
     def config_from_flags(cls, spec, args):
+        refuse_labels(cls, args)
         # the stream of generated grids is seeded by the run
         return {
             "spec": spec,

@@ -4,7 +4,10 @@ An encoder-only transformer (pre-LayerNorm, sinusoidal positions, fused QKV proj
 `scaled_dot_product_attention`). With `causal=True` the same network is the AR baseline.
 With `time_conditioning=True` an MLP embedding of the total noise sbar is added to every
 position (the seed's design); for the absorbing process it is off by default, which costs
-nothing in likelihood (MDLM) and makes the sampler's cache exact.
+nothing in likelihood (MDLM) and makes the sampler's cache exact. With `label_classes = K > 0`
+an embedding of a record's label y in 0..K-1, or of the null label K, is added to every position:
+the network then models p(x | y) and, trained with the label dropped to null at random, p(x) too
+(classifier-free guidance, guidance/cfg.py).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class NetConfig:
     pad_id: int | None = None  # an input id that attention never sees (a record's padding)
     length_classes: int = 0  # > 0: a length head, p(n) for n = 1 .. length_classes
     self_conditioning: bool = False  # the input may carry the network's own estimate of x0 [B, L, vocab_out]
+    label_classes: int = 0  # > 0: a label embedding of that many labels and the null label (index label_classes)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -163,6 +167,8 @@ class Transformer(nn.Module):
         if cfg.self_conditioning:
             # a zero map at first: the network starts as if it had no estimate (analog bits, CDCD)
             self.estimate_embed = nn.Linear(cfg.vocab_out, cfg.d_model, bias=False)
+        if cfg.label_classes:
+            self.label_embed = nn.Embedding(cfg.label_classes + 1, cfg.d_model)  # the last row: the null label
         if cfg.length_classes:
             # p(n) of a record's length, learned with the rest of the model: p(x) = p(n) p(residues | n)
             self.length_logits = nn.Parameter(torch.zeros(cfg.length_classes))
@@ -213,13 +219,16 @@ class Transformer(nn.Module):
         position_ids: torch.Tensor | None = None,
         x0_estimate: torch.Tensor | None = None,
         cached_valid: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`attn_mask` (bool [L, L], True = may attend) replaces full (or causal) attention, and
         `position_ids` (long [L], each < max_len) replace the positions start..start+L-1 in every
         position table; block diffusion feeds [x_t ; x_0] with positions [0..L-1, 0..L-1]. Keys holding
         the padding id (`cfg.pad_id`) are never attended to; with `kv_caches`, `cached_valid` ([B, Lc]
         bool) says which cached keys are not padding. `x0_estimate` ([B, L, vocab_out] probabilities)
-        is the network's own previous estimate of x0, for a self-conditioned network.
+        is the network's own previous estimate of x0, for a self-conditioned network. `labels` ([B] long,
+        each in 0..label_classes, the last the null label) condition a labelled network; None is the
+        null label for every row.
 
         `kv_caches` (one dict per layer) hold the keys and values of earlier positions: the input is
         appended to them (a dict with "frozen": True is read only), and a non-causal network attends to
@@ -241,6 +250,10 @@ class Transformer(nn.Module):
             h = h + self.unit_embed(self.units[pos]).sum(-2)
         if self.cfg.self_conditioning and x0_estimate is not None:
             h = h + self.estimate_embed(x0_estimate.to(h.dtype))
+        if self.cfg.label_classes:
+            h = h + self.label_embedding(labels, x.shape[0], x.device).to(h.dtype)[:, None, :]
+        elif labels is not None:
+            raise ValueError("labels given to a network trained without labels")
         if self.cfg.time_conditioning:
             # log(sbar) spreads the noise levels of every schedule over a useful range of frequencies
             # (clamped: D3PM's last absorbing step sits at sbar = inf)
@@ -253,5 +266,32 @@ class Transformer(nn.Module):
             h = layer(h, None if kv_caches is None else kv_caches[i], rotation, attn_mask)
         return self.head(self.ln_f(h))
 
+    def label_embedding(self, labels: torch.Tensor | None, batch: int, device) -> torch.Tensor:
+        """[B, d_model] the embedding of each row's label (the null label where `labels` is None)."""
+        if labels is None:
+            labels = torch.full((batch,), self.cfg.label_classes, dtype=torch.long, device=device)
+        return self.label_embed(labels)
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+class Labelled(nn.Module):
+    """`net` with each row's label bound: labelled(x, ...) = net(x, ..., labels=labels). The objectives
+    call a network without labels; this is how a labelled batch reaches it (training, the bound given
+    the label). Everything else (`cfg`, `layers`, `length_log_probs`, ...) is the wrapped network's."""
+
+    def __init__(self, net, labels: torch.Tensor):
+        super().__init__()
+        self.net, self.labels = net, labels
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "net":  # not set yet: never recurse
+                raise
+            return getattr(self.net, name)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return self.net(x, *args, labels=self.labels, **kwargs)

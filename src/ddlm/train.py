@@ -32,6 +32,7 @@ from .device import autocast, autocast_dtype
 from .distributed import LocalRows, World
 from .evaluate.likelihood import evaluate_bound
 from .lr_schedules import LR_SCHEDULES
+from .networks import Labelled
 from .objectives import Objective
 from .plots import plot_losses
 from .rundir import LOSS_PLOT, METRICS
@@ -94,7 +95,11 @@ class Trainer:
         self.positions = train_ids.shape[1] if torch.is_tensor(train_ids) else None
         # an evenly spaced subset: file order is not random (the first ACYP records are longer than average)
         spread = torch.linspace(0, len(heldout_ids) - 1, min(cfg.eval_sequences, len(heldout_ids))).round().long()
-        self.heldout_ids = heldout_ids[spread.unique()]
+        self.heldout_rows = spread.unique()
+        self.heldout_ids = heldout_ids[self.heldout_rows]
+        # a labelled run (set by the command): step -> the batch's labels (data/labels.py), and the labels
+        # of heldout_ids; every pass of the network is then given them
+        self.labels, self.heldout_labels = None, None
         self.real_tokens = real_tokens
         self.optimizer = torch.optim.AdamW(
             parameter_groups(self.net, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, fused=device.type == "cuda"
@@ -196,8 +201,9 @@ class Trainer:
         x0 = self.batches(self.step).to(self.device, non_blocking=True)
         if self.world.distributed:
             return self._train_step_distributed(x0)
+        net = self.net if self.labels is None else Labelled(self.net, self.labels(self.step).to(self.device))
         with autocast(self.device, self.amp):
-            per_seq = self.objective.training_loss(self.net, x0, generator=self.gen)
+            per_seq = self.objective.training_loss(net, x0, generator=self.gen)
             per_seq = per_seq + self.objective.length_nll(self.net, x0)
         loss = per_seq.mean() / (self.positions or x0.shape[1])  # nats per position: scale-free for the optimiser
         self.optimizer.zero_grad(set_to_none=True)
@@ -211,8 +217,11 @@ class Trainer:
         """The same step with this rank's rows of the global batch x0: noise drawn for all of x0 from the
         shared generator, network and gradient on the local rows, gradients averaged by DDP. The mean of
         the ranks' losses is the single-process loss, so the averaged gradient is its gradient."""
+        model = self.model
+        if self.labels is not None:
+            model = Labelled(model, self.labels(self.step)[self.rows].to(self.device))
         with autocast(self.device, self.amp):
-            per_seq = self.objective.training_loss(LocalRows(self.model, self.rows), x0, generator=self.gen)
+            per_seq = self.objective.training_loss(LocalRows(model, self.rows), x0, generator=self.gen)
             per_seq = (per_seq + self.objective.length_nll(self.net, x0))[self.rows]
         loss = per_seq.mean() / (self.positions or x0.shape[1])
         self.optimizer.zero_grad(set_to_none=True)
@@ -249,6 +258,7 @@ class Trainer:
             seed=1234,  # the same times and noise at every evaluation, so the curve's wiggles are the model's
             device=self.device,
             autocast_dtype=self.amp,
+            labels=self.heldout_labels,
         )
 
     # --- the loop --------------------------------------------------------------------------------

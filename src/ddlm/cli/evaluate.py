@@ -34,6 +34,9 @@ def eval_likelihood(args, session: Session) -> tuple[dict, str]:
     heldout = domain.heldout()
     if args.max_sequences:
         heldout = heldout[: args.max_sequences]
+    labels = heldout_labels(args, session)
+    if labels is not None and args.max_sequences:
+        labels = labels[: args.max_sequences]
     bar = tqdm(total=len(heldout), disable=args.quiet, file=sys.stderr, unit="seq", dynamic_ncols=True)
     result = evaluate_bound(
         loaded.net,
@@ -46,18 +49,35 @@ def eval_likelihood(args, session: Session) -> tuple[dict, str]:
         device=session.device,
         autocast_dtype=None if args.precision == "auto" else session.amp,
         progress=bar,
+        labels=labels,
     )
     bar.close()
     result.update(domain.per_token_extras(result["bits_per_token"]))
     config = loaded.config
     result.update(objective=config.objective, process=config.process, step=loaded.checkpoint.step, weights="ema")
     (loaded.run_dir / EVAL).write_text(json.dumps(result, indent=1))
+    if config.labels:
+        result["given"] = "label" if labels is not None else "null label"
     se = f" +- {result['mc_standard_error']:.4f} (MC s.e.)" if "mc_standard_error" in result else ""
+    given = ""
+    if config.labels:
+        given = ", given each record's label" if labels is not None else ", given the null label"
     line = (
         f"{result['bits_per_token']:.4f} bits/token{se}: {result['bound']} on {result['sequences']} held-out "
-        f"sequences, {result['tokens']} tokens, step {result['step']}"
+        f"sequences, {result['tokens']} tokens, step {result['step']}{given}"
     )
     return result, line
+
+
+def heldout_labels(args, session: Session):
+    """A labelled run's held-out labels (the bound on -log p(x | y)), or None: an unlabelled run, or
+    --null-label (the bound of the unconditional model the label dropout trained)."""
+    config = session.loaded.config
+    if args.null_label and not config.labels:
+        raise UserError(f"--null-label: {args.run} was trained without labels")
+    if not config.labels or args.null_label:
+        return None
+    return session.domain.heldout_labels(config.label_names)
 
 
 def eval_sudoku(args, session: Session) -> tuple[dict, str]:
@@ -140,6 +160,12 @@ def add_parser(sub) -> None:
     e.add_argument("--batch-size", type=positive_int, default=64)
     e.add_argument("--max-sequences", type=positive_int, help="evaluate only the first N held-out sequences")
     e.add_argument("--seed", type=SEED, default=0)
+    e.add_argument(
+        "--null-label",
+        action="store_true",
+        help="a labelled run: the bound given the null label (the unconditional model) instead of each "
+        "held-out record's own label",
+    )
     e.add_argument(
         "--task",
         choices=list(TASKS),

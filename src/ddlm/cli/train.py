@@ -17,6 +17,7 @@ import torch
 
 from ..checkpoint import CheckpointDir
 from ..config import RunConfig, TrainConfig, option_owners
+from ..data.labels import FROM_HEADERS, LabelFeed
 from ..distributed import World, session
 from ..domains import Domain, domain_class, domain_from_config
 from ..errors import UserError
@@ -147,7 +148,7 @@ def build_trainer(run: TrainingRun, world: World) -> Trainer:
     torch.manual_seed(run.config.train.seed)
     net = Transformer(run.config.net)
     real_tokens = run.domain.tokenizer().real_tokens
-    return Trainer(
+    trainer = Trainer(
         run.run_dir,
         run.config.build_objective(),
         net,
@@ -158,6 +159,18 @@ def build_trainer(run: TrainingRun, world: World) -> Trainer:
         world.device,
         world,
     )
+    if run.config.labels:
+        add_labels(trainer, run)
+    return trainer
+
+
+def add_labels(trainer: Trainer, run: TrainingRun) -> None:
+    """A labelled run: the trainer gives each batch its records' labels (dropped to null at the run's
+    rate) and the held-out bound the held-out records' labels."""
+    names, train = run.config.label_names, run.config.train
+    feed = run.domain.train_labels(names)
+    trainer.labels = LabelFeed(feed, train.batch_size, train.seed, run.config.labels["dropout"], len(names))
+    trainer.heldout_labels = run.domain.heldout_labels(names)[trainer.heldout_rows]
 
 
 def resume(trainer: Trainer, run_dir: Path, say) -> None:
@@ -200,6 +213,7 @@ def finish(args, run: TrainingRun, trainer: Trainer, summary: dict) -> dict:
         time_samples=args.eval_time_samples,
         device=trainer.device,
         autocast_dtype=trainer.amp,
+        labels=run.domain.heldout_labels(run.config.label_names) if run.config.labels else None,
     )
     final.update(run.domain.per_token_extras(final["bits_per_token"]))
     result = {"run": str(run.run_dir), **summary, "heldout": final}
@@ -295,6 +309,12 @@ def add_model_arguments(t) -> None:
     t.add_argument(
         "--dropout", type=number(float, 0, 1, high_open=True), default=0.0, help="dropout in the transformer (0)"
     )
+    t.add_argument(
+        "--label-dropout",
+        type=number(float, 0, 1, high_open=True),
+        help="with --labels: the probability that a record's label is replaced by the null label in training, "
+        "so the one network also learns p(x) for classifier-free guidance (0.1)",
+    )
 
 
 def add_option(t, option: Option, objectives: list[str]) -> None:
@@ -326,6 +346,12 @@ def add_data_arguments(t) -> None:
         action="store_true",
         help="proteins: model the padded window of --max-len + 2 positions as one sequence, markers and padding "
         "included, instead of the length and the residues (p(n) p(residues | n), the default)",
+    )
+    t.add_argument(
+        "--labels",
+        metavar="FILE.tsv|" + FROM_HEADERS,
+        help="FASTA: a label per record, from a table ('record id<TAB>label' lines) or, with 'headers', from "
+        "each header's label=VALUE; the model learns p(x | label) for ddlm sample --condition",
     )
 
 

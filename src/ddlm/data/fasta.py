@@ -14,6 +14,9 @@ class FastaRecords:
     ids: list[str]
     seqs: list[str]
     skipped: list[str] = field(default_factory=list)  # "record: reason" for each record left out
+    headers: list[str] = field(default_factory=list)  # each kept record's whole header (labels: data/labels.py)
+    lines: list[int] = field(default_factory=list)  # each kept record's header line
+    skipped_ids: list[str] = field(default_factory=list)
 
 
 def _records(path: Path):
@@ -57,8 +60,11 @@ def read_fasta(path: str | Path, alphabet: str, max_len: int, skip_invalid: bool
         if problem is None:
             out.ids.append(name)
             out.seqs.append(seq)
+            out.headers.append(header)
+            out.lines.append(lineno)
         elif skip_invalid:
             out.skipped.append(f"{name}: {problem}")
+            out.skipped_ids.append(name)
         else:
             raise UserError(f"{path}:{lineno}: record {name!r}: {problem} (use --skip-invalid to skip such records)")
     if not out.seqs:

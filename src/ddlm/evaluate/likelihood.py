@@ -22,6 +22,7 @@ import torch
 
 from ..batches import trim_padding
 from ..device import autocast
+from ..networks import Labelled
 from ..objectives import Objective
 
 
@@ -37,14 +38,17 @@ def evaluate_bound(
     device: torch.device | str = "cpu",
     autocast_dtype: torch.dtype | None = None,
     progress=None,
+    labels: torch.Tensor | None = None,
 ) -> dict:
     """Bits per real token of `ids` under the objective's bound (`objective.for_evaluation().bound_at`,
     plus -log p(n) when the network models a record's length), with K = time_samples stratified draws
-    per sequence (one for an exact bound)."""
+    per sequence (one for an exact bound). With `labels` ([n], a labelled run's label indices) each
+    record's bound is given its label: -log p(x | y) <= the same bound with the network given y."""
     objective = objective.for_evaluation()
     pad_id = getattr(getattr(net, "cfg", None), "pad_id", None)
     if pad_id is not None:  # padding is never seen: batch records of similar length and trim the rest
-        ids = ids[(ids != pad_id).sum(-1).argsort(stable=True)]
+        order = (ids != pad_id).sum(-1).argsort(stable=True)
+        ids, labels = ids[order], None if labels is None else labels[order]
     exact = objective.bound == "exact"
     K = 1 if exact else max(time_samples, 1)
     gen = torch.Generator(device).manual_seed(seed)
@@ -56,11 +60,12 @@ def evaluate_bound(
         if pad_id is not None:
             x0 = trim_padding(x0, pad_id, objective.length_multiple)
         b = len(x0)
+        given = net if labels is None else Labelled(net, labels[start : start + b].to(device).repeat_interleave(K))
         u = torch.rand(b, K, generator=gen, device=device, dtype=torch.float64)
         strata = ((torch.arange(K, device=device) + u) / K).flatten()  # stratified in (0, 1)
         with autocast(device, autocast_dtype):
             xs = x0.repeat_interleave(K, 0)
-            losses = objective.bound_at(net, xs, strata, generator=gen) + objective.length_nll(net, xs)
+            losses = objective.bound_at(given, xs, strata, generator=gen) + objective.length_nll(net, xs)
         losses = losses.double().view(b, K).cpu()
         total += losses.mean(1).sum()
         if K > 1:
@@ -75,6 +80,8 @@ def evaluate_bound(
         "sequences": len(ids),
         "bound": objective.bound,
     }
+    if labels is not None:
+        result["given"] = "label"  # the bound on -log p(x | y), each record given its own label
     if not exact:
         result["time_samples"] = K
         if K > 1:  # one draw per sequence cannot tell the Monte-Carlo error from the spread of sequences

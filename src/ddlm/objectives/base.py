@@ -153,6 +153,15 @@ class Objective:
         scores the given residues of a template in any order (infill.py)."""
         return False
 
+    def mix_guided(self, conditional: torch.Tensor, unconditional: torch.Tensor, gamma: float) -> torch.Tensor:
+        """Classifier-free guidance on the network's raw outputs given the label and given the null label:
+        gamma * conditional + (1 - gamma) * unconditional. Where the objective reads the output through a
+        softmax (MDLM's clean-token prediction, D3PM's x0 prediction, AR's next-token logits) that is
+            log p_gamma(y | .) = gamma log p(y | ., label) + (1 - gamma) log p(y | ., null) + const,
+        renormalised over the vocabulary; where the output is a log rate (SEDD uniform), the log rates
+        mix. gamma = 1 is the conditional model, 0 the unconditional one, > 1 sharper."""
+        return gamma * conditional + (1 - gamma) * unconditional
+
     def steps_taken(self, steps: int, length: int) -> int:
         """How many reverse steps `sample` takes when asked for `steps` on sequences of `length`."""
         return steps

@@ -252,7 +252,8 @@ class BlockPrefix(torch.nn.Module):
             window = torch.cat([self.prefix[rows], x], dim=1)
             mask = block_causal_mask(window.shape[1], self.block, x.device)
             return self.net(window, None, attn_mask=mask)[:, start:]
-        frozen = [{"k": c["k"][rows], "v": c["v"][rows], "frozen": True} for c in self.caches]
+        # every cached tensor, by row: a guided network keeps a second pass's keys beside these (guidance/cfg.py)
+        frozen = [{**{key: t[rows] for key, t in c.items() if torch.is_tensor(t)}, "frozen": True} for c in self.caches]
         return self.net(x, None, kv_caches=frozen, start=start, cached_valid=self.valid[rows])
 
 

@@ -42,6 +42,17 @@ class ScoreEntropy(DiffusionObjective):
         # Uniform: the network's output is the log score, with the current token's entry fixed at 0.
         return self.on_support(out.scatter(-1, xt[..., None], 0.0))
 
+    def mix_guided(self, conditional, unconditional, gamma):
+        """Absorbing: the scores at a masked position are s_y = p(y | x_t) / expm1(sbar) up to the network's
+        total rate, so guidance mixes the normalised predictions, p_gamma ∝ p(y | x_t, label)^gamma
+        p(y | x_t, null)^(1 - gamma), and returns the output whose scores are p_gamma(y) / expm1(sbar):
+        o_y = log p_gamma(y) + log R. The total unmasking rate is the schedule's, not the mixture's.
+        Uniform: the log rates mix (the base rule)."""
+        mixed = super().mix_guided(conditional, unconditional, gamma)
+        if not self.masked:
+            return mixed
+        return torch.log_softmax(self.on_support(mixed), dim=-1) + math.log(self.process.support)
+
     def position_loss(self, out, xt, x0, sbar, sigma):
         log_s = self.log_score(out, xt, sbar[..., None])
         if self.masked:
