@@ -1,6 +1,7 @@
 """Samplers against the exact distribution of the toy model, and the guarantees users rely on."""
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from toy import ExactAbsorbingNet, ExactUniformNet, ToyDistribution
 from ddlm.networks import NetConfig, Transformer
 from ddlm.objectives import MDLM, ScoreEntropy
 from ddlm.processes import Absorbing, Uniform
-from ddlm.sampling import Euler, SampleSpec, TauLeaping, final_probs, generate
+from ddlm.sampling import Euler, SampleSpec, TauLeaping, final_probs, generate, reverse_times, step_probs
 from ddlm.schedules import Geometric, LogLinear
 
 N = 20_000
@@ -68,7 +69,61 @@ def test_tv_bounds_have_power_against_a_context_blind_model(steps, bound):
     assert total_variation(toy, result.tokens) > bound
 
 
+class TemperedNet(ExactAbsorbingNet):
+    """The exact conditionals raised to a power and renormalised: a perturbed score (power < 1 too flat,
+    > 1 too sharp); the total rate is the exact one's."""
+
+    def __init__(self, toy: ToyDistribution, mask_id: int, scale: float, power: float):
+        super().__init__(toy, mask_id, scale)
+        self.power = power
+
+    def forward(self, xt, sbar=None):
+        p = self.toy.masked_conditionals(xt, self.mask_id) ** self.power
+        return torch.log(p / p.sum(-1, keepdim=True)) + self.log_scale
+
+
+@pytest.mark.parametrize("power", [0.6, 1.5], ids=["flat", "sharp"])
+def test_euler_tv_bound_has_power_against_a_perturbed_score(power):
+    """The Euler bound (512 steps, 20k samples, 0.035) fails for the exact conditionals raised to the
+    power 0.6 or 1.5 (TV 0.077 and 0.085, their exact laws 0.071 and 0.083; 0.018 for the exact ones).
+    A wrong Euler step weight is not such a variant: with exact conditionals, when a position unmasks
+    hardly changes the law (a weight 4x too small still gives TV 0.023), only which token it becomes."""
+    toy = ToyDistribution()
+    process = Absorbing(toy.V)
+    objective = ScoreEntropy(process, LogLinear())
+    net = TemperedNet(toy, process.mask_id, 3.0, power)
+    spec = SampleSpec(steps=512, rule=Euler())
+    result = generate(net, objective, N, toy.L, spec, generator=torch.Generator().manual_seed(0))
+    assert total_variation(toy, result.tokens) > 0.035
+
+
+def sampler_law(objective, net, states: torch.Tensor, start: torch.Tensor, steps: int, rule) -> torch.Tensor:
+    """[S] the exact law of `generate`'s state after `steps` reverse steps from the law `start` over the
+    S states, each step's transition matrix the product over positions of the rule's per-position
+    probabilities (`step_probs`, normalised as `draw` does), the network evaluated at every state."""
+    law = start.clone()
+    times = reverse_times(objective.schedule, steps)
+    for t, t_next in zip(times[:-1], times[1:], strict=True):
+        sbar = objective.schedule.total(torch.tensor(t, dtype=torch.float64)).float()
+        s = objective.log_score(net(states, sbar.expand(len(states))).float(), states, sbar).exp()
+        probs = step_probs(objective, rule, states, s, t, t_next).double()
+        probs = probs / probs.sum(-1, keepdim=True)
+        move = torch.ones(len(states), len(states), dtype=torch.float64)
+        for i in range(states.shape[1]):
+            move = move * probs[:, i, states[:, i]]
+        law = law @ move
+    return law
+
+
+def uniform_sampler_law(toy: ToyDistribution, rule, steps: int = 128) -> torch.Tensor:
+    objective = ScoreEntropy(Uniform(toy.V), Geometric())
+    start = torch.full((len(toy.seqs),), 1.0 / len(toy.seqs), dtype=torch.float64)  # the uniform prior
+    return sampler_law(objective, ExactUniformNet(toy), toy.seqs, start, steps, rule)
+
+
 def test_uniform_samples_match_exact_distribution():
+    """20k samples are within TV 0.035 of p, and follow the sampler's own exact law (128 Tweedie steps,
+    TV 0.0044 from p): chi-squared 2x below its 99.99% point, which ties the law to `generate`."""
     toy = ToyDistribution()
     objective = ScoreEntropy(Uniform(toy.V), Geometric())
     net = ExactUniformNet(toy)
@@ -76,6 +131,37 @@ def test_uniform_samples_match_exact_distribution():
         net, objective, N, toy.L, SampleSpec(steps=128, rule=TauLeaping()), generator=torch.Generator().manual_seed(0)
     )
     assert total_variation(toy, result.tokens) < 0.035
+    law = uniform_sampler_law(toy, TauLeaping())
+    assert 0.5 * (law - toy.p).abs().sum() < 0.01
+    counts = torch.bincount(toy.index(result.tokens), minlength=len(toy.p)).double()
+    df = len(law) - 1
+    assert ((counts - N * law) ** 2 / (N * law)).sum() < df + 5 * (2 * df) ** 0.5
+
+
+class ScaledTweedie(TauLeaping):
+    """Tweedie steps with a wrong step weight: d = sbar(t) - sbar(t_next) multiplied by `factor`."""
+
+    def __init__(self, factor: float):
+        self.factor = factor
+
+    def probs(self, process, schedule, xt, s, t, t_next):
+        t, t_next = torch.tensor(t, dtype=torch.float64), torch.tensor(t_next, dtype=torch.float64)
+        d = schedule.total(t) - schedule.total(t_next)
+        return process.tweedie_probs(xt, s, (self.factor * d).to(s.dtype))
+
+
+@pytest.mark.parametrize("factor", [0.5, 2.0], ids=["halved", "doubled"])
+def test_uniform_tv_bound_has_power_against_a_wrong_step_weight(factor):
+    """The uniform bound fails with the same 20k samples when the Tweedie step weight is halved or doubled:
+    the sampler's exact law is then TV 0.062 or 0.054 from p (0.0044 with the right weight). An
+    empirical TV has mean at least its law's (convexity) and moves by at most 1/N per sample, so it
+    falls below the law's TV minus e with probability at most exp(-2 N e^2): with e =
+    sqrt(log(1e6) / 2N) = 0.019, a law beyond 0.035 + e fails the bound but once in a million runs.
+    (A weight 20-30% off, TV 0.024-0.035, would pass it: the bound leaves room for 20k samples' noise.)"""
+    toy = ToyDistribution()
+    law = uniform_sampler_law(toy, ScaledTweedie(factor))
+    assert abs(law.sum().item() - 1) < 1e-9
+    assert 0.5 * (law - toy.p).abs().sum() > 0.035 + math.sqrt(math.log(1e6) / (2 * N))
 
 
 def tiny_net(seed: int = 0, time_conditioning: bool = False) -> Transformer:
