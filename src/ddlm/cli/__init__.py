@@ -13,7 +13,7 @@ import errno
 import sys
 
 from ..errors import UserError
-from . import bench, distill, evaluate, sample, tools, train
+from . import bench, distill, evaluate, predictor, sample, tools, train
 from .resume import given_flags
 
 
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_parsers(sub)
     evaluate.add_parser(sub)
     distill.add_parser(sub)
+    predictor.add_parser(sub)
     bench.add_parser(sub)
     tools.add_parsers(sub)
     return parser
