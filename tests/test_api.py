@@ -135,3 +135,26 @@ def test_malformed_reward_spec_exits_2_with_one_line_and_writes_nothing(tiny_run
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(f"ddlm sample: error: --reward {spec}")
     assert "Traceback" not in proc.stderr and not out.exists()
+
+
+STEERING_FLAGS = {"--particles": 8, "--reward-temperature": None, "--remask-rate": None, "--reward": None}
+
+
+def test_steering_flag_values_succeed_or_are_one_line(tiny_run):
+    """Garbage values of the steering flags (test_fuzz.py's strategy): exit 0, or 2 with one error line."""
+    from hypothesis import assume, given
+    from hypothesis import strategies as st
+    from test_fuzz import cheap, fuzz, garbage, run
+
+    @fuzz(120)
+    @given(flag=st.sampled_from(sorted(STEERING_FLAGS)), value=garbage)
+    def check(flag, value):
+        assume(not value.startswith("py:"))  # a py: reward runs the user's code: never a random module's
+        argv = ["sample", str(tiny_run), "--quiet", "--json", "--n", "2", "--steps", "4"]
+        if flag != "--reward":
+            argv += ["--reward", "charge"]
+        argv.append(f"{flag}={value}")
+        if cheap(argv, STEERING_FLAGS, flag):
+            run(argv)
+
+    check()

@@ -140,6 +140,8 @@ def test_resampling_schemes_copy_in_proportion_to_the_weights():
     "kwargs,needle",
     [
         ({"particles": 0}, "--particles 0"),
+        ({"particles": 5000}, "--particles 5000"),
+        ({"temperature": 1e-9}, "--reward-temperature 1e-09"),
         ({"particles": 2.5}, "--particles 2.5"),
         ({"temperature": 0.0}, "--reward-temperature 0.0"),
         ({"temperature": math.nan}, "--reward-temperature nan"),

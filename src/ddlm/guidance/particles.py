@@ -52,12 +52,15 @@ class Steering:
     pick_best: bool = False
     remask: Remasking | None = None
 
+    MAX_PARTICLES = 4096  # a sample's particles share one network batch, so memory grows with K
+
     def __post_init__(self):
-        if isinstance(self.particles, bool) or not isinstance(self.particles, int) or self.particles < 1:
-            raise UserError(f"--particles {self.particles}: give a whole number K >= 1 (1 is plain sampling)")
-        if not (isinstance(self.temperature, int | float) and math.isfinite(self.temperature) and self.temperature > 0):
-            raise UserError(f"--reward-temperature {self.temperature}: give a positive number (lambda)")
-        if self.reward is None and (self.particles > 1 or self.pick_best):
+        K, lam = self.particles, self.temperature
+        if isinstance(K, bool) or not isinstance(K, int) or not 1 <= K <= self.MAX_PARTICLES:
+            raise UserError(f"--particles {K}: give a whole number K from 1 (plain sampling) to {self.MAX_PARTICLES}")
+        if not (isinstance(lam, int | float) and math.isfinite(lam) and 1e-6 <= lam <= 1e6):
+            raise UserError(f"--reward-temperature {lam}: give a number LAMBDA from 1e-6 to 1e6")
+        if self.reward is None and (K > 1 or self.pick_best):
             raise UserError("--particles and --pick need --reward: particles are weighted by a reward")
         eta = None if self.remask is None else self.remask.eta
         if eta is not None and not (isinstance(eta, int | float) and math.isfinite(eta) and 0.0 <= eta <= 100.0):
@@ -124,6 +127,7 @@ class Swarm:
             self.log_w = torch.zeros(self.batch, self.K, dtype=torch.float64, device=estimate.device)
         else:
             self.log_w += ((reward - self.reward) / self.steering.temperature).view(self.batch, self.K)
+            self.log_w -= self.log_w.max(-1, keepdim=True).values  # the same weights, kept from overflowing
         self.reward, self.estimate = reward, estimate
 
     def resample(self, generator) -> torch.Tensor | None:
