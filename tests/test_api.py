@@ -38,6 +38,8 @@ def test_sample_with_a_callable_reward_and_particles(model):
     assert again.texts == out.texts
     plain = model.sample(3, steps=8, length=(20, 22))
     assert plain.rewards is None and all(20 <= len(t) <= 22 for t in plain.texts)
+    ranked = model.sample(3, steps=8, length=(20, 22), reward="gravy", particles=2, order="top-margin", remask=True)
+    assert all(ranked.valid) and all(20 <= len(t) <= 22 for t in ranked.texts) and len(ranked.rewards) == 3
 
 
 def test_infill_with_a_reward_keeps_the_template(model):
