@@ -77,6 +77,24 @@ def test_particles_approach_the_tilted_law_as_k_grows():
     assert figures[1] > figures[4] > figures[32]
 
 
+def test_weights_by_the_reward_itself_instead_of_its_change_fail_the_bound(monkeypatch):
+    """Power check of the telescoping weights: a particle weighted at every step by exp(r(x0_hat) / lambda)
+    (not by the change of r since its previous estimate) is tilted once per step, and misses the target
+    at the K that passes it."""
+    from ddlm.guidance import particles
+
+    def weigh_by_level(self, estimate):
+        reward = self.steering.reward(estimate).double()
+        if self.log_w is None:
+            self.log_w = torch.zeros(self.batch, self.K, dtype=torch.float64)
+        self.log_w += (reward / self.steering.temperature).view(self.batch, self.K)
+        self.reward, self.estimate = reward, estimate
+
+    monkeypatch.setattr(particles.Swarm, "weigh", weigh_by_level)
+    toy, target = tilted_target()
+    assert tv(toy, steered(SMC_N, SMC_STEPS, particles=32, temperature=LAMBDA).tokens, target) > SMC_BOUND
+
+
 def test_particles_with_multinomial_resampling_and_remasking_reach_the_same_law():
     toy, target = tilted_target()
     result = steered(SMC_N, SMC_STEPS, particles=32, temperature=LAMBDA, scheme=Multinomial(), remask=Remasking(1.0))

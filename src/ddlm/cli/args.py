@@ -157,7 +157,12 @@ def add_sampling_arguments(p: argparse.ArgumentParser, default_n: int) -> None:
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--out", help="FASTA file to write (default: stdout)")
-    p.add_argument("--json", action="store_true", help='print {"samples", "nfe", "seconds"} as one JSON object')
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"samples", "nfe", "seconds", "valid", "sequences_per_second"} (and with --reward, "rewards" '
+        'and "particles") as one JSON object',
+    )
     p.add_argument(
         "--no-cache",
         action="store_true",
