@@ -80,7 +80,7 @@ def test_particles_approach_the_tilted_law_as_k_grows():
 def test_weights_by_the_reward_itself_instead_of_its_change_fail_the_bound(monkeypatch):
     """Power check of the telescoping weights: a particle weighted at every step by exp(r(x0_hat) / lambda)
     (not by the change of r since its previous estimate) is tilted once per step, and misses the target
-    at the K that passes it."""
+    at the K that passes it. Measured: TV 0.49 against 0.037."""
     from ddlm.guidance import particles
 
     def weigh_by_level(self, estimate):
@@ -104,7 +104,7 @@ def test_particles_with_multinomial_resampling_and_remasking_reach_the_same_law(
 def test_best_of_k_samples_the_law_of_the_best_of_k_draws():
     """No resampling and the pick by reward: the sample is the best of K independent draws, whose law
     is exact, P(best = x) = F(x)^K - F(x-)^K with F the sampler's CDF in order of reward. Plain
-    sampling (K = 1 of the same code) fails the bound."""
+    sampling (K = 1 of the same code) fails the bound. Measured: TV 0.014 against 0.47."""
     toy, _, _, rewards = toy_setup()
     K, n = 4, 4000
     order = rewards.argsort()
@@ -126,7 +126,8 @@ def test_nfe_counts_every_particle():
 def test_remasking_keeps_the_law_and_a_per_step_fraction_does_not():
     """With exact conditionals, remasking at a rate tied to the schedule still samples p (the error
     shrinks with the steps); remasking a fixed fraction of the allowed maximum at every step (ReMDM's
-    own schedule) changes too many positions per step, whatever the steps, and fails the same bound."""
+    own schedule) changes too many positions per step, whatever the steps, and fails the same bound.
+    Measured: TV 0.032 against 0.085 (and 0.065-0.070 for the fixed fraction at 32, 128 and 512 steps)."""
     toy, objective, net, _ = toy_setup()
 
     class FixedFraction(Remasking):
