@@ -60,6 +60,9 @@ def test_infill_with_a_reward_keeps_the_template(model):
         ({"sampler": "leapfrog"}, "--sampler leapfrog: unknown step rule"),
         ({"order": "sideways"}, "--order sideways: unknown unmasking order"),
         ({"top_p": 0.0}, "--top-p 0.0"),
+        ({"steps": 10**400}, "--steps 1000"),
+        ({"steps": 8.0}, "--steps 8.0: give a whole number"),
+        ({"reward": "charge", "reward_temperature": 10**400}, "--reward-temperature 1000"),
         ({"reward": "charge", "resample": "sometimes"}, "--resample sometimes"),
         ({"reward": "charge", "pick": "worst"}, "--pick worst"),
         ({"remask_rate": 0.5, "order": "top-margin"}, "with --order use --remask"),
@@ -67,7 +70,7 @@ def test_infill_with_a_reward_keeps_the_template(model):
 )
 def test_api_mistakes_are_one_line_user_errors(model, kwargs, needle):
     with pytest.raises(UserError) as e:
-        model.sample(2, steps=4, **kwargs)
+        model.sample(2, **{"steps": 4, **kwargs})
     assert needle in str(e.value) and "\n" not in str(e.value)
 
 

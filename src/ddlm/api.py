@@ -140,17 +140,23 @@ def registered(registry: Registry, name: str, flag: str):
     return registry[name]
 
 
-def check_range(value, low: float, high: float, flag: str, low_open: bool = False) -> None:
-    """A UserError naming the flag unless low (<) <= value <= high (the CLI's parsers check the same)."""
-    ok = isinstance(value, int | float) and math.isfinite(value) and value <= high
-    if not (ok and (value > low if low_open else value >= low)):
-        raise UserError(f"{flag} {value}: give a number in {'(' if low_open else '['}{low}, {high}]")
+def check_range(value, low: float, high: float, flag: str, low_open: bool = False, whole: bool = False) -> None:
+    """A UserError naming the flag unless value is a finite number (a whole one if `whole`) with
+    low (<) <= value <= high: what the CLI's parsers check, for the Python API's keywords."""
+    number = isinstance(value, int) if whole else isinstance(value, int | float)
+    finite = number and not isinstance(value, bool) and (isinstance(value, int) or math.isfinite(value))
+    if not (finite and (low < value if low_open else low <= value) and value <= high):
+        kind = "a whole number" if whole else "a number"
+        raise UserError(f"{flag} {value}: give {kind} in {'(' if low_open else '['}{low}, {high}]")
 
 
 def sample_spec(session: Session, options: Options, animate: bool = False) -> SampleSpec:
     """The sampling options as a spec, checked against the run (its objective refuses what it cannot do)."""
-    for value, low, flag in ((options.steps or 1, 1, "--steps"), (options.batch_size, 1, "--batch-size")):
-        check_range(value, low, math.inf, flag)
+    for value, flag in (
+        (1 if options.steps is None else options.steps, "--steps"),
+        (options.batch_size, "--batch-size"),
+    ):
+        check_range(value, 1, math.inf, flag, whole=True)
     check_range(options.temperature, 0, 100, "--temperature", low_open=True)
     check_range(options.top_p, 0, 1, "--top-p", low_open=True)
     spec = SampleSpec(
@@ -328,7 +334,7 @@ class Model:
         """Each sequence's bound on -log2 p(x), in bits (`ddlm eval`'s estimate, per sequence: the exact
         NLL for AR, the NELBO averaged over `time_samples` stratified draws for diffusion). Divide by
         len(sequence) + 1 (the end marker) for bits per token of a protein record."""
-        check_range(time_samples, 1, math.inf, "time_samples")
+        check_range(time_samples, 1, math.inf, "time_samples", whole=True)
         ids = encode_records(self.session.domain, sequences)
         loaded = self.session.loaded
         bits = sequence_bits(loaded.net, loaded.objective, ids, time_samples, seed, self.session.device, batch_size)

@@ -24,7 +24,6 @@ distinct estimate. `nfe` counts, per sample, the network evaluations of all its 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -58,12 +57,12 @@ class Steering:
         K, lam = self.particles, self.temperature
         if isinstance(K, bool) or not isinstance(K, int) or not 1 <= K <= self.MAX_PARTICLES:
             raise UserError(f"--particles {K}: give a whole number K from 1 (plain sampling) to {self.MAX_PARTICLES}")
-        if not (isinstance(lam, int | float) and math.isfinite(lam) and 1e-6 <= lam <= 1e6):
+        if isinstance(lam, bool) or not (isinstance(lam, int | float) and 1e-6 <= lam <= 1e6):  # nan fails too
             raise UserError(f"--reward-temperature {lam}: give a number LAMBDA from 1e-6 to 1e6")
         if self.reward is None and (K > 1 or self.pick_best):
             raise UserError("--particles and --pick need --reward: particles are weighted by a reward")
         eta = None if self.remask is None else self.remask.eta
-        if eta is not None and not (isinstance(eta, int | float) and math.isfinite(eta) and 0.0 <= eta <= 100.0):
+        if eta is not None and (isinstance(eta, bool) or not (isinstance(eta, int | float) and 0.0 <= eta <= 100.0)):
             raise UserError(f"--remask-rate {eta}: give a number in [0, 100]")
 
     def refusal(self, objective, spec) -> str | None:
