@@ -69,7 +69,7 @@ class Steering:
         """Why these particles cannot steer `objective` sampled as `spec`, or None."""
         if not getattr(objective, "masked", False):
             return (
-                f"--reward, --particles and --remask-prob steer a masked diffusion (sedd, mdlm or d3pm on the "
+                f"--reward, --particles and --remask-rate steer a masked diffusion (sedd, mdlm or d3pm on the "
                 f"absorbing process); this run is {objective.name} on the {objective.process.name} process"
             )
         if type(objective).sample is not DiffusionObjective.sample:
@@ -77,7 +77,7 @@ class Steering:
         if spec.semi_ar_length:
             return "--semi-ar: particles are weighted by the reward of whole samples; not with --semi-ar"
         if self.remask is not None and spec.order is not None:
-            return "--remask-prob remasks under the sampler's random unmasking; with --order use --remask (RDM)"
+            return "--remask-rate remasks under the sampler's random unmasking; with --order use --remask (RDM)"
         return None
 
     def samples_per_batch(self, batch_size: int) -> int:
