@@ -4,6 +4,7 @@
 The toy: ToyDistribution's 27 sequences (length 3, vocabulary 3) with the label y(x) = [x_1 + x_2 + x_3 >= 4].
 Its exact predictor p(y | x_t) and exact conditional law p(x | y) come from enumeration."""
 
+import argparse
 import itertools
 import math
 
@@ -14,6 +15,7 @@ from conftest import FAMILY_RUN, json_out
 from toy import ExactAbsorbingNet, ToyDistribution
 
 from ddlm.cli import main
+from ddlm.cli.predictor import add_predictor_arguments, predictor_network
 from ddlm.guidance.predictor import (
     META,
     WEIGHTS,
@@ -224,8 +226,10 @@ def test_train_predictor_writes_a_predictor_and_its_held_out_quality(predictor_d
     predictor, meta = load_predictor(predictor_dir)
     assert meta["labels"] == ["no", "yes"] and meta["default_target"] == "yes"
     assert [row["t"] for row in meta["heldout"]] == [0.0, 0.5, 0.9]
+    # the fraction masked at t under the run's log-linear schedule (eps = 1e-3): (1 - eps) t
+    assert [row["masked"] for row in meta["heldout"]] == pytest.approx([0.0, 0.4995, 0.8991])
     for row in meta["heldout"]:
-        assert 0 <= row["accuracy"] <= 1 and math.isfinite(row["log_loss"])
+        assert 0 <= row["accuracy"] <= 1 and math.isfinite(row["log_loss"]) and row["prior_log_loss"] > 0
     assert sum(meta["records"]["train"].values()) > 0 and meta["training"]["steps"] == 20
     assert isinstance(predictor, Predictor)
 
@@ -300,3 +304,22 @@ def test_a_predictor_for_another_run_or_label_is_refused(predictor_dir, tiny_run
         predictor_guided(loaded, predictor_dir, "maybe", 1.0)
     with pytest.raises(UserError, match="no predictor.json"):
         predictor_guided(loaded, tiny_run, None, 1.0)
+
+
+def sampling_flags(argv: list[str]):
+    parser = argparse.ArgumentParser()
+    add_predictor_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_sampling_flags_steer_the_network_or_are_refused_without_a_predictor(predictor_dir, tiny_run):
+    from ddlm.errors import UserError
+
+    loaded = load_run(tiny_run)
+    assert predictor_network(loaded, sampling_flags([])) is loaded.net
+    net = predictor_network(loaded, sampling_flags(["--predictor", str(predictor_dir), "--guide-approx", "taylor"]))
+    assert isinstance(net, PredictorGuided) and isinstance(net.shift, TaylorShift) and net.gamma == 1.0
+    assert net.target == 1 and net.cfg is loaded.net.cfg  # the default target "yes"; the run's own config
+    for flags in (["--target", "yes"], ["--guidance", "2"], ["--guide-approx", "exact"]):
+        with pytest.raises(UserError, match=f"{flags[0]} needs --predictor DIR"):
+            predictor_network(loaded, sampling_flags(flags))

@@ -161,7 +161,8 @@ def cmd_train_predictor(args) -> int:
             predictor, train, Budget(args.steps, seconds), batch_size=args.batch_size, lr=args.lr, seed=args.seed,
             progress=bar,
         )  # fmt: skip
-    quality = held_out_quality(predictor, heldout, seed=args.seed)
+    frequencies = torch.bincount(labelled.train_y, minlength=len(labelled.names)).double() / len(labelled.train_y)
+    quality = held_out_quality(predictor, heldout, frequencies, seed=args.seed)
     meta = {
         "run": str(loaded.run_dir.resolve()),
         "labels": labelled.names,
@@ -209,11 +210,11 @@ def summary_text(out: Path, meta: dict) -> str:
     lines = [
         f"predictor: {out} ({meta['training']['steps']} steps, {meta['training']['seconds']:.0f} s)",
         f"held-out records: {counts}",
-        "   t   masked  accuracy  log-loss (nats)  labels' frequencies alone",
+        "    t  masked  accuracy  log-loss (nats)  training labels' frequencies alone",
     ]
     for row in meta["heldout"]:
         lines.append(
-            f"{row['t']:5.2f}  {row['t']:5.0%}   {row['accuracy']:7.3f}   {row['log_loss']:14.4f}"
+            f"{row['t']:5.2f}  {row['masked']:6.1%}  {row['accuracy']:8.3f}  {row['log_loss']:15.4f}"
             f"  {row['prior_log_loss']:.4f}"
         )
     target = meta["default_target"] or meta["labels"][0]

@@ -173,13 +173,13 @@ def fit(
     """Minimise E_{x0, y} E_{t ~ U[0,1]} E_{x_t | x0} [-log p_phi(y | x_t)] with AdamW; the minimiser
     is the Bayes posterior p(y | x_t) of the forward process. Returns {"steps", "seconds", "loss"} (the
     mean loss of the last 50 steps, nats)."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(data.x0.device).manual_seed(seed)
     opt = torch.optim.AdamW(predictor.parameters(), lr=lr, weight_decay=0.01)
     predictor.train()
     start, step, recent = time.perf_counter(), 0, []
     while not budget.done(step, start):
-        rows = torch.randint(len(data.x0), (batch_size,), generator=gen)
-        t = torch.rand(batch_size, generator=gen)
+        rows = torch.randint(len(data.x0), (batch_size,), generator=gen, device=gen.device)
+        t = torch.rand(batch_size, generator=gen, device=gen.device)
         loss = F.nll_loss(predictor(data.at(rows, t, gen)), data.labels[rows])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -196,20 +196,31 @@ def fit(
 
 
 @torch.no_grad()
-def held_out_quality(predictor: Predictor, data: NoisyInputs, times=REPORT_TIMES, seed: int = 0) -> list[dict]:
-    """At each time t: accuracy and mean log-loss (nats) of the predictor on the held-out records at
-    noise level t (one draw of x_t per record, seeded), beside the log-loss of the label frequencies
-    alone (the entropy a predictor that reads nothing would score)."""
-    counts = torch.bincount(data.labels, minlength=predictor.cfg.classes).double()
-    prior = counts / counts.sum()
-    prior_loss = -(prior[data.labels].clamp(min=1e-12)).log().mean().item()
-    rows, out = torch.arange(len(data.x0)), []
+def held_out_quality(
+    predictor: Predictor, data: NoisyInputs, frequencies: torch.Tensor, times=REPORT_TIMES, seed: int = 0
+) -> list[dict]:
+    """At each time t: the fraction of moving tokens masked there, 1 - exp(-sbar(t)), and the accuracy and
+    mean log-loss (nats) of the predictor on the held-out records at that noise level (one draw of x_t per
+    record, seeded), beside the log-loss of the training labels' `frequencies` [K] (what a predictor that
+    reads nothing would score)."""
+    frequencies = frequencies.to(data.labels.device)
+    prior_loss = -(frequencies[data.labels].clamp(min=1e-12)).log().mean().item()
+    rows, out = torch.arange(len(data.x0), device=data.labels.device), []
     for t in times:
-        gen = torch.Generator().manual_seed(seed)
-        log_p = torch.cat([predictor(data.at(r, torch.full((len(r),), t), gen)) for r in rows.split(256)])
-        loss = F.nll_loss(log_p, data.labels).item()
-        accuracy = (log_p.argmax(-1) == data.labels).double().mean().item()
-        out.append({"t": t, "accuracy": accuracy, "log_loss": loss, "prior_log_loss": prior_loss})
+        gen = torch.Generator(data.x0.device).manual_seed(seed)
+        log_p = torch.cat(
+            [predictor(data.at(r, torch.full((len(r),), t, device=r.device), gen)) for r in rows.split(256)]
+        )
+        masked = -torch.expm1(-data.schedule.total(torch.tensor(t, dtype=torch.float64))).item()
+        out.append(
+            {
+                "t": t,
+                "masked": masked,
+                "accuracy": (log_p.argmax(-1) == data.labels).double().mean().item(),
+                "log_loss": F.nll_loss(log_p, data.labels).item(),
+                "prior_log_loss": prior_loss,
+            }
+        )
     return out
 
 
