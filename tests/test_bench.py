@@ -80,6 +80,8 @@ def test_json_is_one_object_with_the_documented_keys(bench_run):
     for value in result["peak_gflops"].values():
         assert positive_finite(value)
     assert positive_finite(result["peak_memory_mib"]["rss"])
+    # a high-water mark: bd3lm's, taken after it, is at least the default run's
+    assert result["bd3lm_sampling"]["peak_memory_mib"]["rss"] >= result["peak_memory_mib"]["rss"]
     assert positive_finite(result["cache_speedup"])
 
 

@@ -395,9 +395,13 @@ def run_bench(args, say: Progress) -> dict:
         result["sampling_sequences"] = args.sequences
         last = result["sampling"][str(SAMPLING_STEPS[-1])]
         result["cache_speedup"] = last["uncached"]["seconds"] / last["cached"]["seconds"]
-        result["bd3lm_sampling"] = measure_block_cache(setup, args, say)
-        # memory high-water marks so far: the default configuration, before --scaling's long sequences
+        # memory high-water marks so far: the default configuration, before bd3lm's and --scaling's long
+        # sequences. bd3lm's is in its own record: in bf16 its uncached run's 128 window lengths each leave
+        # state behind in the bf16 matrix-product path (oneDNN; fp32 uses MKL's), ~5 MiB a length on
+        # machine C, which would double the default run's figure
         result["peak_memory_mib"] = peak_memory_mib(setup.device)
+        result["bd3lm_sampling"] = measure_block_cache(setup, args, say)
+        result["bd3lm_sampling"]["peak_memory_mib"] = peak_memory_mib(setup.device)
         if args.scaling:
             if setup.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(setup.device)
@@ -575,10 +579,12 @@ def format_table(r: dict) -> str:
             f"bd3lm     {b['sequences']} x {b['length']} tokens, blocks of {b['block']}, {b['steps']} steps: "
             f"key/value cache {b['cached']['seconds']:.2f} s, without {b['uncached']['seconds']:.2f} s "
             f"({b['kv_cache_speedup']:.1f}x)"
+            # older records have no memory figure of their own
+            + (f"; peak memory after it {b['peak_memory_mib']['rss']:,.0f} MiB" if "peak_memory_mib" in b else "")
         )
     mem = r["peak_memory_mib"]
     lines.append(
-        f"peak memory: {mem['rss']:,.0f} MiB resident"
+        f"peak memory: {mem['rss']:,.0f} MiB resident (training and tau-leaping sampling)"
         + (f", {mem['cuda_allocated']:,.0f} MiB CUDA allocated" if "cuda_allocated" in mem else "")
     )
     if "scaling" in r:
