@@ -24,14 +24,15 @@ from ddlm.guidance.predictor import (
     PredictorConfig,
     PredictorGuided,
     TaylorShift,
+    guidance_refusal,
     load_predictor,
     predictor_guided,
 )
-from ddlm.objectives import MDLM, ScoreEntropy
-from ddlm.processes import Absorbing
+from ddlm.objectives import D3PM, MDLM, AutoRegressive, BlockDiffusion, ScoreEntropy
+from ddlm.processes import Absorbing, Uniform
 from ddlm.run import load_run
 from ddlm.sampling import SampleSpec, TauLeaping, generate, sample_many
-from ddlm.schedules import LogLinear
+from ddlm.schedules import Geometric, LogLinear
 
 N = 20_000
 TARGET = 1
@@ -129,9 +130,7 @@ def guided_samples(objective_cls, scale, predictor, gamma, steps=256, n=N):
     process = Absorbing(toy.V)
     objective = objective_cls(process, LogLinear())
     net = ExactAbsorbingNet(toy, process.mask_id, scale)
-    shift = ExactShift()
-    shift.chunk = 1 << 20  # the toy's predictor is a table: one call for every change
-    guided = PredictorGuided(net, predictor, TARGET, gamma, shift, process.mask_id, toy.V)
+    guided = PredictorGuided(net, predictor, TARGET, gamma, ExactShift(), process.mask_id, toy.V)
     spec = SampleSpec(steps=steps, rule=TauLeaping())
     result = generate(guided, objective, n, toy.L, spec, generator=torch.Generator().manual_seed(0))
     assert not (result.tokens == process.mask_id).any()
@@ -196,6 +195,9 @@ def test_taylor_shift_is_exact_for_a_predictor_linear_in_the_one_hot():
     assert (exact[..., V - 1] == 0).all() and (taylor[..., V - 1] == 0).all()  # a context token: no shift
     assert (exact[x != V] == 0).all() and exact.abs().sum() > 0
     assert torch.allclose(taylor, exact, atol=1e-5)
+    split = ExactShift()
+    split.chunk_tokens = 7  # two changed inputs per predictor call: the batching does not change the shift
+    assert torch.equal(split(linear, x, TARGET, V, V - 1, V), exact)
     # power: for a transformer predictor (not linear in its input) the first order is not the exact shift
     net = Predictor(PredictorConfig(states=V + 1, classes=2, max_len=L, mask_id=V, support=V - 1))
     torch.nn.init.normal_(net.head.weight, std=1.0, generator=torch.Generator().manual_seed(0))
@@ -294,6 +296,22 @@ def test_runs_that_are_not_masked_diffusion_are_refused(make_run, tmp_path, caps
     err = cli_error(capsys, ["train-predictor", str(run), "--out", str(out), "--property", "charge>=0"])
     assert "predictor guidance needs a masked diffusion run" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "objective,steers",
+    [
+        (lambda: MDLM(Absorbing(4), LogLinear()), True),
+        (lambda: ScoreEntropy(Absorbing(4), LogLinear()), True),
+        (lambda: ScoreEntropy(Uniform(4), Geometric()), False),
+        (lambda: D3PM(Absorbing(4), LogLinear()), False),
+        (lambda: BlockDiffusion(Absorbing(4), LogLinear(), block_size=2), False),
+        (lambda: AutoRegressive(Absorbing(4), LogLinear()), False),
+    ],
+    ids=["mdlm", "sedd", "sedd-uniform", "d3pm", "bd3lm", "ar"],
+)
+def test_which_objectives_predictor_guidance_steers(objective, steers):
+    assert (guidance_refusal(objective()) is None) == steers
 
 
 def test_a_predictor_for_another_run_or_label_is_refused(predictor_dir, tiny_run):

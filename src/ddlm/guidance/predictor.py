@@ -265,10 +265,10 @@ SHIFTS: Registry[type[Shift]] = Registry("predictor guidance approximation")
 @SHIFTS.register
 class ExactShift(Shift):
     """Every single-site change scored: one predictor input per (masked position, clean token), in
-    batched calls of at most `chunk` inputs; (masked positions) x R + 1 predictor rows per call."""
+    batched calls of about `chunk_tokens` tokens; (masked positions) x R + 1 predictor rows per call."""
 
     name = "exact"
-    chunk = 2048
+    chunk_tokens = 1 << 18  # bounds the activations of one batched call (a few hundred MB for `small`)
 
     @torch.no_grad()
     def __call__(self, predictor, x, target, mask_id, support, vocab):
@@ -278,8 +278,9 @@ class ExactShift(Shift):
         c = torch.arange(support, device=x.device).repeat(len(b))
         b, i = b.repeat_interleave(support), i.repeat_interleave(support)
         values = torch.empty(len(b), dtype=base.dtype, device=x.device)
-        for first in range(0, len(b), self.chunk):
-            part = slice(first, first + self.chunk)
+        chunk = max(1, self.chunk_tokens // L)
+        for first in range(0, len(b), chunk):
+            part = slice(first, first + chunk)
             changed = x[b[part]].clone()
             changed[torch.arange(len(changed), device=x.device), i[part]] = c[part]
             values[part] = predictor(changed)[:, target]
