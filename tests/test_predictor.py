@@ -5,6 +5,7 @@ The toy: ToyDistribution's 27 sequences (length 3, vocabulary 3) with the label 
 Its exact predictor p(y | x_t) and exact conditional law p(x | y) come from enumeration."""
 
 import argparse
+import copy
 import itertools
 import math
 
@@ -212,6 +213,22 @@ def test_taylor_shift_runs_inside_the_samplers_inference_mode():
     with torch.inference_mode():
         inside = TaylorShift()(linear, x, TARGET, V, V, V)
     assert torch.allclose(inside, ExactShift()(linear, x, TARGET, V, V, V), atol=1e-5)
+
+
+def test_taylor_shift_of_a_predictor_copied_inside_inference_mode():
+    """A bf16 copy made inside inference mode has weights autograd cannot use; the shift takes a copy of
+    its own once, and agrees with the float32 predictor's to bf16's precision."""
+    L, V = 5, 4
+    x = some_noisy_states(L, V, 16)
+    net = Predictor(PredictorConfig(states=V + 1, classes=2, max_len=L, mask_id=V, support=V))
+    torch.nn.init.normal_(net.head.weight, std=1.0, generator=torch.Generator().manual_seed(0))
+    shift = TaylorShift()
+    with torch.inference_mode():
+        low = copy.deepcopy(net).to(torch.bfloat16)
+        first, again = shift(low, x, TARGET, V, V, V), shift(low, x, TARGET, V, V, V)
+    assert torch.equal(first, again)
+    reference = TaylorShift()(net, x, TARGET, V, V, V)
+    assert (first - reference).abs().max() < 0.05 * reference.abs().max()
 
 
 # --- the command ---------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ for which the predictor reads its input through a linear map of the one-hot (`Pr
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Callable
@@ -297,9 +298,22 @@ class TaylorShift(Shift):
 
     name = "taylor"
 
+    def __init__(self):
+        self.trainable: tuple[nn.Module, nn.Module] | None = None  # (a predictor, its copy autograd can use)
+
+    def differentiable(self, predictor: nn.Module) -> nn.Module:
+        """The predictor, or (once) a copy of it outside inference mode when its weights were made inside it
+        (a bf16 copy taken there): autograd cannot record a product with an inference tensor."""
+        if not any(p.is_inference() for p in predictor.parameters()):
+            return predictor
+        if self.trainable is None or self.trainable[0] is not predictor:
+            self.trainable = (predictor, copy.deepcopy(predictor))
+        return self.trainable[1]
+
     def __call__(self, predictor, x, target, mask_id, support, vocab):
         # the samplers run under inference mode; the gradient needs a graph, so leave it for this call
         with torch.inference_mode(False), torch.enable_grad():
+            predictor = self.differentiable(predictor)
             onehot = F.one_hot(x.clone(), mask_id + 1).float().requires_grad_(True)
             (grad,) = torch.autograd.grad(predictor(onehot)[:, target].sum(), onehot)
         grad = torch.nan_to_num(grad.detach(), nan=0.0, posinf=0.0, neginf=0.0)  # p(target | x) = 0: no shift
