@@ -444,3 +444,25 @@ def test_guided_block_diffusion_keeps_each_pass_keys_in_the_prefix_cache():
             context.extend(x0[:, 3 * b : 3 * b + 3])
         unguided = objective.block_logits(Labelled(net, torch.ones(4, dtype=torch.long)), xt, x0)
         assert not torch.allclose(unguided[:, 3:], vectorised[:, 3:], atol=1e-2)  # guidance changes them
+
+
+def test_a_labelled_run_resumes_bitwise(tmp_path):
+    """The labels a step sees and their dropout are a function of the step: 2 steps, then --resume to 4,
+    ends with the weights of 4 steps in one go. Power: the same run with another --label-dropout differs."""
+    from safetensors.torch import load_file
+
+    fasta, _ = labelled_fasta(tmp_path)
+    flags = ["--labels", "headers", "--checkpoint-every", "2", "--precision", "fp32"]
+
+    def model_weights(run):
+        tensors = load_file(str(run / "checkpoints" / "step-00000004.safetensors"))
+        return {k: v for k, v in tensors.items() if k.startswith("model.")}
+
+    assert train(tmp_path, fasta, *flags, "--label-dropout", "0.5", out="whole")[0] == 0
+    assert train(tmp_path, fasta, *flags, "--label-dropout", "0.1", out="other")[0] == 0
+    assert train(tmp_path, fasta, *flags, "--label-dropout", "0.5", "--steps", "2", out="halves")[0] == 0
+    resume = ["train", "--out", str(tmp_path / "halves"), "--resume", "--steps", "4", "--quiet", "--samples", "0"]
+    assert main(resume) == 0
+    whole, halves, other = (model_weights(tmp_path / name) for name in ("whole", "halves", "other"))
+    assert all(torch.equal(whole[k], halves[k]) for k in whole)
+    assert not all(torch.equal(whole[k], other[k]) for k in whole)
