@@ -16,7 +16,7 @@ from conftest import FAMILY_RUN, json_out
 from toy import ExactAbsorbingNet, ToyDistribution
 
 from ddlm.cli import main
-from ddlm.cli.predictor import add_predictor_arguments, predictor_network
+from ddlm.cli.predictor import add_predictor_arguments
 from ddlm.guidance.predictor import (
     META,
     WEIGHTS,
@@ -32,6 +32,7 @@ from ddlm.guidance.predictor import (
     held_out_quality,
     load_predictor,
     predictor_guided,
+    predictor_network,
 )
 from ddlm.objectives import D3PM, MDLM, AutoRegressive, BlockDiffusion, ScoreEntropy
 from ddlm.processes import Absorbing, Uniform
@@ -397,3 +398,11 @@ def test_sampling_flags_steer_the_network_or_are_refused_without_a_predictor(pre
     for flags in (["--target", "yes"], ["--guidance", "2"], ["--guide-approx", "exact"]):
         with pytest.raises(UserError, match=f"{flags[0]} needs --predictor DIR"):
             predictor_network(loaded, sampling_flags(flags))
+    # the Python API's options are checked the same way (no argparse type in between)
+    for gamma in (-1.0, float("nan"), "2"):
+        options = argparse.Namespace(predictor=str(predictor_dir), target=None, guidance=gamma, guide_approx=None)
+        with pytest.raises(UserError, match="--guidance"):
+            predictor_network(loaded, options)
+    options = argparse.Namespace(predictor=str(predictor_dir), target=None, guidance=None, guide_approx="second")
+    with pytest.raises(UserError, match="--guide-approx second: use one of exact, taylor"):
+        predictor_network(loaded, options)

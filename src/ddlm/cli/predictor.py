@@ -36,7 +36,6 @@ from ..guidance.predictor import (
     fit,
     guidance_refusal,
     held_out_quality,
-    predictor_guided,
     save_predictor,
 )
 from ..guidance.rewards import REWARDS, parse_reward, reward_forms
@@ -268,15 +267,3 @@ def add_predictor_arguments(parser) -> None:
         help="with --predictor: exact (default; every single-site change scored, masked x residues predictor "
         "rows per call) or taylor (one gradient per call)",
     )
-
-
-def predictor_network(loaded: LoadedRun, args):
-    """The network the sampler should call: the run's own, or steered by `--predictor` (a UserError
-    names a predictor flag given without --predictor)."""
-    if getattr(args, "predictor", None) is None:
-        for flag in ("target", "guidance", "guide_approx"):
-            if getattr(args, flag, None) is not None:
-                raise UserError(f"--{flag.replace('_', '-')} needs --predictor DIR (ddlm train-predictor)")
-        return loaded.net
-    gamma = 1.0 if args.guidance is None else args.guidance
-    return predictor_guided(loaded, args.predictor, args.target, gamma, args.guide_approx or "exact")

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -402,3 +403,18 @@ def predictor_guided(loaded, folder: str | Path, target: str | None, gamma: floa
     process = loaded.objective.process
     index = target_index(meta, target)
     return PredictorGuided(loaded.net, predictor, index, gamma, SHIFTS[approx](), process.mask_id, process.support)
+
+
+def predictor_network(loaded, options):
+    """The network a sampler should call: the run's own, or steered as `options` say: anything with the
+    attributes `predictor`, `target`, `guidance` and `guide_approx` (the parsed flags of `ddlm sample`,
+    or the Python API's options); a UserError names a predictor flag given without --predictor."""
+    if getattr(options, "predictor", None) is None:
+        for flag in ("target", "guidance", "guide_approx"):
+            if getattr(options, flag, None) is not None:
+                raise UserError(f"--{flag.replace('_', '-')} needs --predictor DIR (ddlm train-predictor)")
+        return loaded.net
+    gamma = 1.0 if options.guidance is None else options.guidance
+    if isinstance(gamma, bool) or not isinstance(gamma, int | float) or not 0 <= gamma < math.inf:
+        raise UserError(f"--guidance {gamma}: give a strength, a finite number >= 0")
+    return predictor_guided(loaded, options.predictor, options.target, gamma, options.guide_approx or "exact")
