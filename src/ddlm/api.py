@@ -4,6 +4,8 @@
 
     model = ddlm.load("runs/acyp")
     out = model.sample(8, steps=64, reward="charge", particles=8, reward_temperature=0.5)
+    model.sample(8, condition="charge_hi", cfg=2.0)                    # a run trained with --labels
+    model.sample(8, predictor="runs/pred", target="yes", guidance=1.0)  # ddlm train-predictor
     out.texts, out.rewards, out.nfe, out.seconds
     model.infill("MKV_{3,8}GRVQGV", 4, reward=lambda texts: [t.count("K") for t in texts], particles=4)
     model.score(["MKVLAAGRVQGV", ...])   # bits per sequence: the bound on -log2 p(x)
@@ -30,7 +32,9 @@ from .batches import trim_padding
 from .device import autocast, autocast_dtype, pick_device
 from .domains import Domain, domain_from_config
 from .errors import UserError
+from .guidance.cfg import guided_network
 from .guidance.particles import Steering
+from .guidance.predictor import predictor_network
 from .guidance.remask import Remasking
 from .guidance.resampling import SCHEMES, TRIGGERS
 from .guidance.rewards import Reward, parse_reward
@@ -66,6 +70,12 @@ class Options:
     resampler: str = "systematic"
     pick: str = "draw"  # or "best": the particle with the highest reward
     remask_rate: float = 0.0
+    condition: str | None = None  # classifier-free guidance towards this label (a run trained with labels)
+    cfg: float | None = None  # its strength gamma (1: the conditional model)
+    predictor: str | Path | None = None  # predictor guidance: a `ddlm train-predictor` folder
+    target: str | None = None  # the predictor's label to steer towards
+    guidance: float | None = None  # its strength gamma (1: p(x | target) with an exact predictor)
+    guide_approx: str | None = None  # exact or taylor
 
     def lengths(self) -> tuple[int, int] | None:
         if self.length is None or isinstance(self.length, tuple):
@@ -248,11 +258,22 @@ def infill_spec(session: Session, spec: SampleSpec, template: Template, n: int, 
     return replace(spec, clamp=clamp[chosen], clamp_values=values[chosen], allowed=allowed), gap_lengths
 
 
+def guided(session: Session, options: Options) -> Session:
+    """The session whose network the options steer: classifier-free guidance right around the network
+    (it passes the label), predictor guidance around that; the session itself when neither is asked for."""
+    if options.cfg is not None:
+        check_range(options.cfg, 0, math.inf, "--cfg")
+    net = guided_network(session.loaded, options.condition, options.cfg)
+    net = predictor_network(replace(session.loaded, net=net), options)
+    return session if net is session.loaded.net else replace(session, loaded=replace(session.loaded, net=net))
+
+
 def draw_samples(session: Session, n: int, options: Options, template: str | None = None, quiet: bool = True):
     """n samples as the options say (from `template`, when infilling): what `ddlm sample` and `ddlm
     infill` print and what `Model.sample` and `Model.infill` return."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise UserError(f"--n {n}: give a whole number of samples, at least 1")
+    session = guided(session, options)
     if options.reward is not None:  # parsed once: a py: module imported, an HMM file read, once
         options = replace(options, reward=reward_of(session, options.reward))
     spec, gap_lengths = sample_spec(session, options), None

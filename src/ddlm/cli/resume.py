@@ -65,6 +65,8 @@ def recorded(config: RunConfig) -> dict[str, Callable[[], Any]]:
         "heldout_fraction": lambda: data.get("heldout_fraction"),
         "skip_invalid": lambda: data.get("skip_invalid"),
         "fixed_window": lambda: None if "length_model" not in data else not data["length_model"],
+        "labels": lambda: data.get("labels"),
+        "label_dropout": lambda: (config.labels or {}).get("dropout"),
     }
     for name in TrainConfig.FLAGS:
         values.setdefault(name, lambda name=name: getattr(train, name))

@@ -10,9 +10,11 @@ import torch
 from .. import api
 from ..data.fasta import write_fasta
 from ..device import autocast
+from ..guidance.cfg import add_cfg_arguments
 from ..plots import denoising_gif
 from ..sampling import SampleSpec, generate, spec_clamp
 from .args import add_sampling_arguments, length_range, log
+from .predictor import add_predictor_arguments
 
 
 class Session(api.Session):
@@ -47,13 +49,20 @@ def options(args) -> api.Options:
         resampler=args.resampler,
         pick=args.pick,
         remask_rate=args.remask_rate,
+        condition=args.condition,
+        cfg=args.cfg,
+        predictor=args.predictor,
+        target=args.target,
+        guidance=args.guidance,
+        guide_approx=args.guide_approx,
     )
 
 
 def cmd_sample(args) -> int:
     session = Session.open(args)
     if args.animate:
-        write_animation(args, session, api.sample_spec(session, options(args), animate=True))
+        steered = api.guided(session, options(args))
+        write_animation(args, steered, api.sample_spec(steered, options(args), animate=True))
     return emit_samples(args, api.draw_samples(session, args.n, options(args), quiet=args.quiet))
 
 
@@ -110,9 +119,16 @@ def write_animation(args, session: Session, spec: SampleSpec) -> None:
     log(f"wrote the denoising animation to {path}")
 
 
+def add_guidance_arguments(p) -> None:
+    """Classifier-free guidance (`--condition`, `--cfg`) and predictor guidance (`--predictor`, ...)."""
+    add_cfg_arguments(p)
+    add_predictor_arguments(p)
+
+
 def add_parsers(sub) -> None:
     s = sub.add_parser("sample", help="sample sequences from a trained run")
     add_sampling_arguments(s, 16)
+    add_guidance_arguments(s)
     s.add_argument("--semi-ar", action="store_true", help="grow text past the model's window, window by window")
     s.add_argument("--animate", metavar="GIF", help="also write a GIF of the first 8 samples being denoised")
     s.add_argument(
@@ -131,6 +147,7 @@ def add_parsers(sub) -> None:
         "'_{a,b}' takes the length the model finds likely given the rest (--json reports gap_lengths).",
     )
     add_sampling_arguments(i, 4)
+    add_guidance_arguments(i)
     i.add_argument(
         "--template",
         required=True,
