@@ -309,14 +309,14 @@ class Transformer(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-class Labelled(nn.Module):
-    """`net` with each row's label bound: labelled(x, ...) = net(x, ..., labels=labels). The objectives
-    call a network without labels; this is how a labelled batch reaches it (training, the bound given
-    the label). Everything else (`cfg`, `layers`, `length_log_probs`, ...) is the wrapped network's."""
+class Wrapper(nn.Module):
+    """A module around a network (`self.net`) that passes on every attribute it lacks, so what reads the
+    network's `cfg`, `layers`, `length_log_probs`, ... reads through it: how guidance and labels wrap a
+    network without the samplers knowing."""
 
-    def __init__(self, net, labels: torch.Tensor):
+    def __init__(self, net: nn.Module):
         super().__init__()
-        self.net, self.labels = net, labels
+        self.net = net
 
     def __getattr__(self, name: str):
         try:
@@ -325,6 +325,16 @@ class Labelled(nn.Module):
             if name == "net":  # not set yet: never recurse
                 raise
             return getattr(self.net, name)
+
+
+class Labelled(Wrapper):
+    """`net` with each row's label bound: labelled(x, ...) = net(x, ..., labels=labels). The objectives
+    call a network without labels; this is how a labelled batch reaches it (training, the bound given
+    the label). Everything else (`cfg`, `layers`, `length_log_probs`, ...) is the wrapped network's."""
+
+    def __init__(self, net, labels: torch.Tensor):
+        super().__init__(net)
+        self.labels = labels
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         return self.net(x, *args, labels=self.labels, **kwargs)

@@ -22,10 +22,9 @@ import math
 from collections.abc import Callable, Iterator, MutableMapping
 
 import torch
-import torch.nn as nn
 
 from ..errors import UserError
-from ..networks import Labelled
+from ..networks import Labelled, Wrapper
 from ..run import LoadedRun
 
 NULL_PREFIX = "null."  # the unconditional pass's keys in a shared key/value cache dict
@@ -60,22 +59,14 @@ class CacheView(MutableMapping):
         return sum(1 for k in self.cache if self._mine(k))
 
 
-class Guided(nn.Module):
+class Guided(Wrapper):
     """net(x, ...) -> mix(net(x, ..., labels=y), net(x, ..., labels=null), gamma), with `mix` the
     objective's rule (`Objective.mix_guided`). At gamma 1 (or 0) only the conditional (unconditional)
     pass runs, mixed with itself, which the rule leaves as it is up to its normalisation."""
 
     def __init__(self, net, mix: Callable, label: int, null: int, gamma: float):
-        super().__init__()
-        self.net, self.mix, self.label, self.null, self.gamma = net, mix, label, null, float(gamma)
-
-    def __getattr__(self, name: str):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name == "net":
-                raise
-            return getattr(self.net, name)
+        super().__init__(net)
+        self.mix, self.label, self.null, self.gamma = mix, label, null, float(gamma)
 
     def _pass(self, x, label: int, kv_caches, args, kwargs) -> torch.Tensor:
         labels = torch.full((x.shape[0],), label, dtype=torch.long, device=x.device)

@@ -54,7 +54,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import UserError
-from ..networks import Layer, NetConfig, sinusoid
+from ..networks import Layer, NetConfig, Wrapper, sinusoid
 from ..processes import Process
 from ..registry import Registry
 from ..schedules import Schedule
@@ -323,7 +323,7 @@ class TaylorShift(Shift):
         return torch.where((x == mask_id)[..., None], shift, 0.0)
 
 
-class PredictorGuided(nn.Module):
+class PredictorGuided(Wrapper):
     """net(x, ...) + gamma * delta at the masked positions (module docstring); everything else (`cfg`,
     `time_conditioned`, `length_log_probs`, ...) is the wrapped network's.
 
@@ -332,17 +332,9 @@ class PredictorGuided(nn.Module):
     position may become)."""
 
     def __init__(self, net, predictor, target: int, gamma: float, shift: Shift, mask_id: int, support: int):
-        super().__init__()
-        self.net, self.predictor, self.shift = net, predictor, shift
+        super().__init__(net)
+        self.predictor, self.shift = predictor, shift
         self.target, self.gamma, self.mask_id, self.support = target, float(gamma), mask_id, support
-
-    def __getattr__(self, name: str):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name == "net":  # not set yet: never recurse
-                raise
-            return getattr(self.net, name)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         out = self.net(x, *args, **kwargs)
