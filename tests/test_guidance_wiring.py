@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import FAMILY_RUN
+from conftest import FAMILY_RUN, json_out
 
 import ddlm
 from ddlm.cli import main
@@ -95,3 +95,29 @@ def test_the_api_checks_the_strength(labelled_run):
     model = ddlm.load(labelled_run)
     with pytest.raises(ddlm.errors.UserError, match="--cfg -1"):
         model.sample(1, condition="odd", cfg=-1)
+
+
+@pytest.fixture(scope="module")
+def sudoku_run(make_run):
+    return make_run("sudoku", steps=6, batch_size=8, eval_every=3, samples=0)
+
+
+def test_eval_sudoku_takes_reward_guided_particles(sudoku_run, capsys):
+    argv = ["eval", str(sudoku_run), "--task", "sudoku", "--givens", "40", "--n", "4", "--steps", "8", "--json",
+            "--quiet"]  # fmt: skip
+    plain = json_out(capsys, argv)
+    steered = json_out(
+        capsys, [*argv, "--reward", "sudoku", "--particles", "4", "--resample", "never", "--pick", "best"]
+    )
+    assert plain["steering"] == {} and steered["steering"]["particles"] == "4"
+    assert steered["nfe"] > plain["nfe"]  # nfe counts every particle of a puzzle
+    assert main([*argv, "--reward", "charge"]) == 2  # a protein reward on a Sudoku run
+    assert "charge" in capsys.readouterr().err
+
+
+def test_eval_proteins_takes_steering(labelled_run, capsys):
+    argv = ["eval", str(labelled_run), "--task", "proteins", "--n", "4", "--steps", "8", "--json", "--quiet",
+            "--reward", "charge", "--particles", "2", "--condition", "odd"]  # fmt: skip
+    result = json_out(capsys, argv)
+    assert result["settings"]["steering"] == {"reward": "charge", "particles": "2", "condition": "odd"}
+    assert result["samples"]["well_formed"] == 1.0

@@ -9,13 +9,23 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from .. import api
 from ..errors import UserError
 from ..evaluate.likelihood import evaluate_bound
 from ..ordering import ORDERS
 from ..rundir import EVAL, PROTEIN_METRICS
 from ..sampling import SampleSpec
-from .args import SEED, add_runtime_arguments, add_threshold_argument, log, number, order_policy, positive_int
-from .sample import Session
+from .args import (
+    SEED,
+    add_runtime_arguments,
+    add_steering_arguments,
+    add_threshold_argument,
+    log,
+    number,
+    order_policy,
+    positive_int,
+)
+from .sample import Session, add_guidance_arguments
 
 DIFFICULTY_GIVENS = {"easy": 36, "medium": 30, "hard": 25}
 
@@ -90,6 +100,9 @@ def eval_sudoku(args, session: Session) -> tuple[dict, str]:
     puzzles, solutions = session.domain.puzzles(args.puzzles, givens, args.n, args.puzzle_seed)
     spec = SampleSpec(steps=args.steps, batch_size=args.batch_size)
     spec.order = order_policy(args.order, args.order_noise, False, args.threshold)
+    options = steering_options(args)
+    session = api.guided(session, options)
+    spec = api.steered_spec(session, spec, options)
     bar = tqdm(total=len(puzzles), disable=args.quiet, file=sys.stderr, unit="puzzle", dynamic_ncols=True)
     loaded = session.loaded
     predictions, nfe, seconds = sudoku_eval.solve(
@@ -110,6 +123,7 @@ def eval_sudoku(args, session: Session) -> tuple[dict, str]:
         nfe=nfe,
         seconds=seconds,
         puzzles=args.puzzles or f"generated: {givens} givens, seed {args.puzzle_seed}",
+        steering=steering_record(args),
     )
     line = (
         f"solved {result['solved']:.1%} of {result['n']} puzzles ({result['givens_mean']:.1f} givens on "
@@ -130,16 +144,15 @@ def eval_proteins(args, session: Session) -> tuple[dict, str]:
     if args.samples:
         samples = read_records(args.samples)
     else:
-        spec = SampleSpec(steps=args.steps, batch_size=args.batch_size)
-        ids, _, seconds = session.sample(args.n, spec, args.seed, args.quiet)
-        samples, valid = domain.decode(ids)
-        well_formed = sum(valid) / len(valid)
+        drawn = api.draw_samples(session, args.n, steering_options(args), quiet=args.quiet)
+        samples, seconds, well_formed = drawn.texts, drawn.seconds, sum(drawn.valid) / len(drawn.valid)
     heldout = [domain.tokenizer().decode(row)[0] for row in domain.heldout()]
     log(f"computing metrics for {len(samples)} samples (alignment, profile HMM)...")
     result = protein_report(samples, domain.train_records(), heldout, seed=args.seed, max_len=domain.max_residues)
     if well_formed is not None:
         result["samples"]["well_formed"] = well_formed
     result["settings"]["samples_from"] = args.samples or f"{args.n} fresh samples, {args.steps} steps"
+    result["settings"]["steering"] = steering_record(args)
     if seconds is not None:  # the sampling alone, on this machine's threads (torch.get_num_threads())
         result["settings"].update(sampling_seconds=seconds, threads=torch.get_num_threads())
     (Path(args.run) / PROTEIN_METRICS).write_text(json.dumps(result, indent=1))
@@ -151,6 +164,21 @@ def eval_proteins(args, session: Session) -> tuple[dict, str]:
 
 
 TASKS = {"likelihood": eval_likelihood, "sudoku": eval_sudoku, "proteins": eval_proteins}
+
+STEERING = ("reward", "particles", "reward_temperature", "resample", "resampler", "pick", "remask_rate",
+            "condition", "cfg", "predictor", "target", "guidance", "guide_approx")  # fmt: skip
+
+
+def steering_options(args) -> api.Options:
+    """The sampling options of `--task sudoku|proteins`: steps, batch, seed and every steering flag."""
+    steering = {k: getattr(args, k) for k in STEERING}
+    return api.Options(steps=args.steps, batch_size=args.batch_size, seed=args.seed, **steering)
+
+
+def steering_record(args) -> dict:
+    """The steering flags that differ from plain sampling, for the JSON record."""
+    plain = api.Options()
+    return {k: str(v) for k in STEERING if (v := getattr(args, k)) != getattr(plain, k)}
 
 
 def add_parser(sub) -> None:
@@ -188,5 +216,7 @@ def add_parser(sub) -> None:
     e.add_argument("--puzzle-seed", type=int, default=777, help="sudoku: seed of the generated puzzles")
     e.add_argument("--steps", type=positive_int, default=81, help="sudoku / proteins: reverse-process steps")
     e.add_argument("--json", action="store_true")
+    add_steering_arguments(e)
+    add_guidance_arguments(e)
     add_runtime_arguments(e)
     e.set_defaults(func=cmd_eval)
