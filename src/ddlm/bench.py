@@ -3,7 +3,10 @@
 Everything is measured for the SEDD absorbing objective on protein-sized data (V = 24 real tokens
 plus the mask, time conditioning off, so the sampler's cache is exact), on random token ids: only
 speed matters here. The real code paths run: `Trainer.train_step` (bf16 autocast where `--precision`
-says so) and `sampling.generate`.
+says so) and `sampling.generate`. Beside them, in turn, a plain PyTorch network of the same shape and
+precision (reference.py) trains and samples, and each figure is also reported as a ratio to it
+(`train.vs_reference`, `sampling.uncached_vs_reference`, `sampling.cached_vs_reference`): ratios taken in
+turn survive a shared machine that absolute figures do not.
 
 Model FLOPs utilisation (PaLM appendix B, nanoGPT's `estimate_mfu`):
 
