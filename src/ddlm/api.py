@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -76,6 +76,17 @@ class Options:
     target: str | None = None  # the predictor's label to steer towards
     guidance: float | None = None  # its strength gamma (1: p(x | target) with an exact predictor)
     guide_approx: str | None = None  # exact or taylor
+
+    @classmethod
+    def from_flags(cls, args) -> Options:
+        """The options a command's parsed flags hold, by the flags' names (`--no-cache` is cache=False);
+        an option the command has no flag for keeps its default."""
+        flags = vars(args)
+        found = {f.name: flags[f.name] for f in fields(cls) if f.name in flags}
+        for negative, name in (("no_cache", "cache"), ("no_kv_cache", "kv_cache")):
+            if negative in flags:
+                found[name] = not flags[negative]
+        return cls(**found)
 
     def lengths(self) -> tuple[int, int] | None:
         if self.length is None or isinstance(self.length, tuple):

@@ -170,9 +170,8 @@ STEERING = ("reward", "particles", "reward_temperature", "resample", "resampler"
 
 
 def steering_options(args) -> api.Options:
-    """The sampling options of `--task sudoku|proteins`: steps, batch, seed and every steering flag."""
-    steering = {k: getattr(args, k) for k in STEERING}
-    return api.Options(steps=args.steps, batch_size=args.batch_size, seed=args.seed, **steering)
+    """The sampling options of `--task sudoku|proteins`: steps, batch, seed, order and every steering flag."""
+    return api.Options.from_flags(args)
 
 
 def steering_record(args) -> dict:

@@ -27,35 +27,7 @@ class Session(api.Session):
 
 def options(args) -> api.Options:
     """The sampling flags as the Python API's options (the same names, `--no-cache` as cache=False)."""
-    return api.Options(
-        steps=args.steps,
-        sampler=args.sampler,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        cache=not args.no_cache,
-        kv_cache=not args.no_kv_cache,
-        order=args.order,
-        order_noise=args.order_noise,
-        threshold=args.threshold,
-        remask=args.remask,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        length=getattr(args, "length", None),
-        semi_ar=getattr(args, "semi_ar", False),
-        reward=args.reward,
-        particles=args.particles,
-        reward_temperature=args.reward_temperature,
-        resample=args.resample,
-        resampler=args.resampler,
-        pick=args.pick,
-        remask_rate=args.remask_rate,
-        condition=args.condition,
-        cfg=args.cfg,
-        predictor=args.predictor,
-        target=args.target,
-        guidance=args.guidance,
-        guide_approx=args.guide_approx,
-    )
+    return api.Options.from_flags(args)
 
 
 def cmd_sample(args) -> int:
