@@ -28,6 +28,8 @@ from safetensors.torch import load, save
 
 from .rundir import CHECKPOINTS, naming
 
+BEST = "best"  # checkpoints/best.*: the weights of the best validation bound (--keep-best)
+
 
 def atomic_write(path: Path, payload: bytes) -> None:
     """Write `payload` to `path` whole or not at all: a temporary file, fsynced, renamed over `path`.
@@ -96,16 +98,34 @@ class CheckpointDir:
         self.keep = keep
 
     def save(self, step: int, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        payload = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
-        weights = self.dir / f"step-{step:08d}.safetensors"
-        atomic_write(weights, payload)
-        meta = {**meta, "step": step, "sha256": hashlib.sha256(payload).hexdigest()}
-        atomic_write(self.dir / f"step-{step:08d}.json", json.dumps(meta, indent=1).encode())
+        weights = self._write(step, step, tensors, meta)
         self._prune()
         return weights
 
-    def _path(self, step: int, suffix: str) -> Path:
+    def save_best(self, step: int, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
+        """The weights of the best validation bound so far as `best.safetensors` + `best.json`, written
+        like a checkpoint (whole or absent) and never pruned."""
+        return self._write(BEST, step, tensors, meta)
+
+    def _write(self, name: int | str, step: int, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
+        """The tensor file, then the JSON with its SHA-256 (a checkpoint exists once both are whole)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        payload = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+        weights = self._path(name, ".safetensors")
+        atomic_write(weights, payload)
+        meta = {**meta, "step": step, "sha256": hashlib.sha256(payload).hexdigest()}
+        atomic_write(self._path(name, ".json"), json.dumps(meta, indent=1).encode())
+        return weights
+
+    def best(self) -> Checkpoint | None:
+        """The kept best weights, verified; None if there are none (ValueError if they are damaged)."""
+        if not (self.dir / f"{BEST}.json").is_file():
+            return None
+        return self.load(BEST)
+
+    def _path(self, step: int | str, suffix: str) -> Path:
+        if step == BEST:
+            return self.dir / f"{BEST}{suffix}"
         return self.dir / f"step-{step:08d}{suffix}"
 
     def steps(self) -> list[int]:
@@ -136,12 +156,12 @@ class CheckpointDir:
         """Delete the temporary files of saves that were killed; call only while nothing is saving."""
         if not self.dir.is_dir():
             return []
-        orphans = sorted(self.dir.glob(".step-*.tmp"))
+        orphans = sorted([*self.dir.glob(".step-*.tmp"), *self.dir.glob(f".{BEST}.*.tmp")])
         for p in orphans:
             p.unlink(missing_ok=True)
         return orphans
 
-    def load(self, step: int) -> Checkpoint:
+    def load(self, step: int | str) -> Checkpoint:
         """Load and verify one checkpoint; raises ValueError describing the corruption."""
         meta_path = self._path(step, ".json")
         weights = self._path(step, ".safetensors")
@@ -153,7 +173,7 @@ class CheckpointDir:
             raise ValueError(f"{meta_path}: unreadable ({e})") from None
         if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str):
             raise ValueError(f"{meta_path}: not a ddlm checkpoint record (no SHA-256 of the tensor file)")
-        if meta.get("step", step) != step:
+        if step != BEST and meta.get("step", step) != step:
             raise ValueError(f"{meta_path}: records step {meta.get('step')!r}, not {step}")
         try:
             payload = weights.read_bytes()
@@ -165,7 +185,7 @@ class CheckpointDir:
             tensors = load(payload)  # parse the very bytes that were verified
         except (SafetensorError, OSError, ValueError) as e:
             raise ValueError(f"{weights}: not a valid safetensors file ({e})") from None
-        return Checkpoint(step, tensors, meta)
+        return Checkpoint(meta["step"] if step == BEST else step, tensors, meta)
 
     def latest(self, apply: Callable[[Checkpoint], None] | None = None, report: bool = True) -> Checkpoint | None:
         """The newest checkpoint that verifies (and that `apply` accepts: it raises ValueError for one it

@@ -40,10 +40,14 @@ class TrainConfig:
     keep_checkpoints: int = 3
     precision: str = "auto"
     max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
+    keep_best: bool = False  # keep the EMA weights of the best validation bound (checkpoints/best.*)
+    patience: int | None = None  # stop after this many evaluations without a better validation bound
 
     # flags that change how a run is operated, not what it computes: they apply on --resume too (the
     # held-out evaluation and the checkpoints draw no random numbers of the run's)
-    OPERATIONAL = ("log_every", "max_bad_steps", "keep_checkpoints", "eval_every", "checkpoint_every")
+    OPERATIONAL = (
+        "log_every", "max_bad_steps", "keep_checkpoints", "eval_every", "checkpoint_every", "keep_best", "patience"
+    )  # fmt: skip
     # flags that override a default above when given
     FLAGS = ("batch_size", "lr", "warmup", "lr_schedule", "ema", "weight_decay")
     FLAGS += OPERATIONAL

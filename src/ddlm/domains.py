@@ -20,12 +20,15 @@ from .config import TrainConfig
 from .data import proteins
 from .data.fasta import write_fasta
 from .data.labels import encode_labels
+from .data.splits import split_from_spec
 from .data.tokenizers import CharTokenizer
 from .errors import UserError
 from .infill import Template, parse_template
 from .registry import Registry
-from .rundir import CONFIG, HELDOUT_FASTA, PROTEIN_SPLIT, read_json
+from .rundir import CONFIG, HELDOUT_FASTA, PROTEIN_SPLIT, VALID_FASTA, read_json
 from .sampling import SampleSpec, draw_lengths
+
+DEFAULT_VALIDATION_FRACTION = 0.05
 
 
 class Domain:
@@ -62,6 +65,13 @@ class Domain:
     def reload(self) -> tuple[object, torch.Tensor, dict]:
         """The same for a resumed run, checking that the data is still what the split was made from."""
         raise NotImplementedError
+
+    def validation(self) -> torch.Tensor | None:
+        """The validation part (checkpoint selection, early stopping), or None when the split has none."""
+        return None
+
+    def validation_labels(self, names: list[str]) -> torch.Tensor | None:
+        return None
 
     def heldout(self) -> torch.Tensor:
         raise NotImplementedError
@@ -127,10 +137,30 @@ class Domain:
         return None
 
 
+def split_config(args) -> dict:
+    """A protein run's split flags, saved only when given, so a run's config is as before without them;
+    a validation part of 5% comes with --split, --keep-best or --patience unless given otherwise."""
+    cfg = {}
+    if getattr(args, "split", None) is not None:
+        cfg["split"] = split_from_spec(args.split).spec  # checked now: a bad spec stops before anything is written
+    fraction = getattr(args, "validation_fraction", None)
+    if fraction is None and (cfg or getattr(args, "keep_best", False) or getattr(args, "patience", None)):
+        fraction = DEFAULT_VALIDATION_FRACTION
+    if fraction:
+        cfg["validation_fraction"] = fraction
+    if getattr(args, "train_records", None) is not None:
+        cfg["train_records"] = args.train_records
+    return cfg
+
+
 def refuse_labels(domain: type[Domain], args) -> None:
-    """--labels and --label-dropout are for data whose records carry labels (FASTA, for now)."""
+    """--labels and --label-dropout are for data whose records carry labels (FASTA, for now); the split
+    flags for a family of records (FASTA) too."""
     if getattr(args, "labels", None) is not None or getattr(args, "label_dropout", None) is not None:
         raise UserError(f"--labels: labelled records are read from FASTA data only, not {domain.name} data")
+    for flag in ("split", "validation_fraction", "train_records"):
+        if getattr(args, flag, None) is not None:
+            raise UserError(f"--{flag.replace('_', '-')}: applies to FASTA data only, not {domain.name} data")
 
 
 DOMAINS: Registry[type[Domain]] = Registry("kind of data")
@@ -156,6 +186,7 @@ class ProteinDomain(Domain):
             "length_model": not args.fixed_window,
             # present only in a labelled run, so an unlabelled run's config is as before
             **({"labels": args.labels} if getattr(args, "labels", None) is not None else {}),
+            **split_config(args),
         }
 
     @property
@@ -215,12 +246,19 @@ class ProteinDomain(Domain):
 
     def _load(self) -> proteins.ProteinData:
         if self._data is None:
+            plan = proteins.SplitPlan(
+                self.cfg.get("split"),
+                self.cfg.get("heldout_fraction", 0.05),
+                self.cfg.get("validation_fraction", 0.0),
+                self.cfg.get("train_records"),
+                self.run_dir if (self.run_dir / PROTEIN_SPLIT).is_file() else None,
+            )
             self._data = proteins.load_proteins(
                 self.cfg["spec"],
                 self.max_residues,
-                self.cfg.get("heldout_fraction", 0.05),
-                self.cfg.get("skip_invalid"),
-                self.cfg.get("labels"),
+                skip_invalid=self.cfg.get("skip_invalid"),
+                labels=self.cfg.get("labels"),
+                plan=plan,
             )
         return self._data
 
@@ -259,6 +297,18 @@ class ProteinDomain(Domain):
         _, seqs = proteins.load_heldout(self.run_dir, self.max_residues)
         return self.tokenizer().encode_padded(seqs, self.length)
 
+    def validation(self):
+        if not (self.run_dir / VALID_FASTA).is_file():
+            return None
+        _, seqs = proteins.load_heldout(self.run_dir, self.max_residues, VALID_FASTA)
+        return self.tokenizer().encode_padded(seqs, self.length)
+
+    def validation_labels(self, names):
+        if not self.cfg.get("labels") or not (self.run_dir / VALID_FASTA).is_file():
+            return None
+        labels = proteins.load_heldout_labels(self.run_dir, self.max_residues, VALID_FASTA)
+        return encode_labels(labels, names, str(self.run_dir / VALID_FASTA))
+
     def train_records(self) -> list[str]:
         return self._load().train_seqs
 
@@ -275,9 +325,11 @@ class ProteinDomain(Domain):
         return path
 
     def describe(self, info: dict) -> str:
+        split = f"; split {info['split']}" if "split" in info else ""
+        valid = f", {info['validation']} validation" if info.get("validation") else ""
         return (
-            f"{info['train']} training and {info['heldout']} held-out records "
-            f"({info['duplicates_removed']} duplicates removed, {info['skipped_invalid']} invalid skipped)"
+            f"{info['train']} training{valid} and {info['heldout']} held-out records "
+            f"({info['duplicates_removed']} duplicates removed, {info['skipped_invalid']} invalid skipped{split})"
         )
 
     def template(self, text: str) -> Template:

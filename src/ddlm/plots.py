@@ -25,26 +25,30 @@ def _pyplot():
 
 
 def plot_losses(metrics_path: Path, out: Path) -> None:
-    """PNG of the training and held-out bits per token against step."""
+    """PNG of the training and held-out (or validation) bits per token against step."""
     plt = _pyplot()
-    train, held = [], []
+    curves: dict[str, list] = {"train": [], "heldout": [], "valid": []}
     if not metrics_path.is_file():  # a run shorter than one logging interval
         return
     for line in metrics_path.read_text().splitlines():
         rec = json.loads(line)
-        if "train_bits_per_token" in rec:
-            train.append((rec["step"], rec["train_bits_per_token"]))
-        if "heldout_bits_per_token" in rec:
-            held.append((rec["step"], rec["heldout_bits_per_token"]))
+        for part, points in curves.items():
+            if f"{part}_bits_per_token" in rec:
+                points.append((rec["step"], rec[f"{part}_bits_per_token"]))
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    if train:
-        ax.plot(*zip(*train, strict=True), label="train (one time sample per sequence)", alpha=0.7)
-    if held:
-        ax.plot(*zip(*held, strict=True), "o-", label="held-out (EMA weights)")
+    labels = {
+        "train": ("-", "train (one time sample per sequence)"),
+        "heldout": ("o-", "held-out (EMA weights)"),
+        "valid": ("o-", "validation (EMA weights)"),
+    }
+    for part, points in curves.items():
+        if points:
+            style, label = labels[part]
+            ax.plot(*zip(*points, strict=True), style, label=label, alpha=0.7 if part == "train" else 1.0)
     ax.set_xlabel("step")
     ax.set_ylabel("bound, bits per token")
     ax.grid(alpha=0.3)
-    if train or held:
+    if any(curves.values()):
         ax.legend()
     fig.tight_layout()
     fig.savefig(out)

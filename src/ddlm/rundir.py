@@ -3,7 +3,9 @@
 RUN/config.json                              what was trained (config.RunConfig)
 RUN/checkpoints/                             step-N.safetensors + step-N.json (checkpoint.py)
 RUN/metrics.jsonl, RUN/loss.png              the training log and its curves
-RUN/heldout.fa, RUN/split.json               a protein run's held-out records and split
+RUN/heldout.fa, RUN/split.json               a protein run's held-out (test) records and split
+RUN/valid.fa                                 its validation records, when the split has a part for them
+RUN/checkpoints/best.*                       with --keep-best: the EMA weights of the best validation bound
 RUN/heldout.safetensors, RUN/text_split.json a text run's held-out sequences and split
 RUN/tokenizer.json                           a BPE text run's tokenizer
 RUN/samples.fasta or RUN/samples.txt         the samples drawn at the end of training
@@ -30,6 +32,7 @@ CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
 HELDOUT_FASTA = "heldout.fa"
+VALID_FASTA = "valid.fa"
 PROTEIN_SPLIT = "split.json"
 HELDOUT_TENSORS = "heldout.safetensors"
 TEXT_SPLIT = "text_split.json"
@@ -40,7 +43,7 @@ PROTEIN_METRICS = "protein_metrics.json"
 REPORT = "report.html"
 LOCK = ".lock"
 # what an exported model carries besides its weights and config, when the run has it
-SPLIT_FILES = (TOKENIZER, HELDOUT_FASTA, PROTEIN_SPLIT, TEXT_SPLIT, HELDOUT_TENSORS)
+SPLIT_FILES = (TOKENIZER, HELDOUT_FASTA, VALID_FASTA, PROTEIN_SPLIT, TEXT_SPLIT, HELDOUT_TENSORS)
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
 

@@ -97,6 +97,12 @@ class Trainer:
         spread = torch.linspace(0, len(heldout_ids) - 1, min(cfg.eval_sequences, len(heldout_ids))).round().long()
         self.heldout_rows = spread.unique()
         self.heldout_ids = heldout_ids[self.heldout_rows]
+        # what the evaluations during training measure: the held-out part, or the validation part when
+        # the split has one (set by the command; checkpoint selection and early stopping need it)
+        self.eval_part = "heldout"
+        self.best: dict | None = None  # {"step", "bits", "epoch"} of the best validation bound (keep_best, patience)
+        self.since_best = 0  # evaluations since it
+        self.last_eval: float | None = None
         # a labelled run (set by the command): step -> the batch's labels (data/labels.py), and the labels
         # of heldout_ids; every pass of the network is then given them
         self.labels, self.heldout_labels = None, None
@@ -151,6 +157,7 @@ class Trainer:
         tensors["rng.noise"] = self.gen.get_state()
         tensors.update(rng)
         meta = {"optimizer": opt_meta, "bad_steps_total": self.bad_steps_total, "horizon": self.horizon}
+        meta.update(best=self.best, since_best=self.since_best)
         return self.checkpoints.save(self.step, tensors, meta)
 
     def _apply(self, ckpt: Checkpoint) -> None:
@@ -176,6 +183,7 @@ class Trainer:
                     seed((self.cfg.seed + rank) * 1_000_003 + ckpt.step)
             self.bad_steps_total = int(ckpt.meta.get("bad_steps_total", 0))
             self.horizon = ckpt.meta.get("horizon")
+            self.best, self.since_best = ckpt.meta.get("best"), int(ckpt.meta.get("since_best", 0))
         except (KeyError, RuntimeError, TypeError, ValueError, AttributeError) as e:
             name = self.checkpoints.dir / f"step-{ckpt.step:08d}.safetensors"
             raise ValueError(f"{name}: does not fit this run ({type(e).__name__}: {e})") from None
@@ -267,6 +275,29 @@ class Trainer:
             labels=self.heldout_labels,
         )
 
+    @property
+    def epoch(self) -> float | None:
+        """Passes over the training records so far (None for an endless stream)."""
+        records = len(self.batches.ids) if isinstance(self.batches, TensorBatches) else None
+        return None if records is None else self.step * self.cfg.batch_size / records
+
+    def evaluate(self) -> bool:
+        """Evaluate the EMA weights on the evaluation part and log it; with a validation part, keep the
+        best weights (keep_best) and count evaluations without improvement. True when patience is spent."""
+        bits = self.last_eval = self.heldout_bits()["bits_per_token"]
+        record = {"step": self.step, f"{self.eval_part}_bits_per_token": bits}
+        self.log(record if self.epoch is None else {**record, "epoch": self.epoch})
+        if self.eval_part != "valid":
+            return False
+        if self.best is None or bits < self.best["bits"]:
+            self.best, self.since_best = {"step": self.step, "bits": bits, "epoch": self.epoch}, 0
+            if self.cfg.keep_best and self.world.is_main:
+                ema = {f"ema.{k}": v for k, v in self.ema_net.state_dict().items()}
+                self.checkpoints.save_best(self.step, ema, {"valid_bits_per_token": bits, "epoch": self.epoch})
+        else:
+            self.since_best += 1
+        return self.cfg.patience is not None and self.since_best >= self.cfg.patience
+
     # --- the loop --------------------------------------------------------------------------------
     def log(self, record: dict) -> None:
         if not self.world.is_main:
@@ -309,15 +340,16 @@ class Trainer:
                 tally.add(stats)
                 if self.step % self.cfg.log_every == 0:
                     record = tally.record(self.step, self.lr_at(self.step - 1), stats["grad_norm"], t0)
-                    self.log(record)
-                    bar.set_postfix(loss=f"{record['train_bits_per_token']:.3f}", refresh=False)
+                    self.log(record if self.epoch is None else {**record, "epoch": self.epoch})
+                    self._postfix(bar, record["train_bits_per_token"])
                     tally = Tally(time.perf_counter())
                 if self.step % self.cfg.eval_every == 0:
-                    bits = self.heldout_bits()["bits_per_token"]
-                    self.log({"step": self.step, "heldout_bits_per_token": bits})
-                    bar.set_postfix(heldout=f"{bits:.3f}", refresh=False)
+                    patience_spent = self.evaluate()
                     if self.world.is_main:
                         plot_losses(self.metrics_path, self.run_dir / LOSS_PLOT)
+                    if patience_spent:
+                        self.log({"step": self.step, "event": "early stop", "best": self.best})
+                        break
                 if self.step % self.cfg.checkpoint_every == 0:
                     self.save()
                 if steps is not None:
@@ -332,7 +364,20 @@ class Trainer:
         self.save()
         if self.world.is_main:
             plot_losses(self.metrics_path, self.run_dir / LOSS_PLOT)
-        return {"steps": self.step, "seconds": time.perf_counter() - t0, "bad_steps": self.bad_steps_total}
+        summary = {"steps": self.step, "seconds": time.perf_counter() - t0, "bad_steps": self.bad_steps_total}
+        if self.epoch is not None:
+            summary["epochs"] = self.epoch
+        return summary if self.best is None else {**summary, "best": self.best}
+
+    def _postfix(self, bar, train_bits: float) -> None:
+        shown = {"loss": f"{train_bits:.3f}"}
+        if self.epoch is not None:
+            shown["epoch"] = f"{self.epoch:.1f}"
+        if self.last_eval is not None:
+            shown[self.eval_part] = f"{self.last_eval:.3f}"
+        if self.best is not None:
+            shown["best"] = f"{self.best['bits']:.3f}"
+        bar.set_postfix(shown, refresh=False)
 
     def _probe_horizon(self, probe: dict, seconds_left: float) -> bool:
         """Time this session's steps PROBE_STEPS[0] to [1] (`probe` holds the session's first step); at

@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from .. import api
 from ..errors import UserError
+from ..evaluate.exact import evaluate_exact
 from ..evaluate.likelihood import evaluate_bound
 from ..ordering import ORDERS
 from ..rundir import EVAL, PROTEIN_METRICS
@@ -48,19 +49,22 @@ def eval_likelihood(args, session: Session) -> tuple[dict, str]:
     if labels is not None and args.max_sequences:
         labels = labels[: args.max_sequences]
     bar = tqdm(total=len(heldout), disable=args.quiet, file=sys.stderr, unit="seq", dynamic_ncols=True)
-    result = evaluate_bound(
-        loaded.net,
-        loaded.objective,
-        heldout,
-        domain.tokenizer().real_tokens(heldout),
-        time_samples=args.time_samples,
+    common = dict(
         batch_size=args.batch_size,
-        seed=args.seed,
         device=session.device,
         autocast_dtype=None if args.precision == "auto" else session.amp,
         progress=bar,
         labels=labels,
     )
+    real_tokens = domain.tokenizer().real_tokens(heldout)
+    if args.likelihood == "exact":
+        order = order_policy(args.order or "top-prob", args.order_noise, False, args.threshold)
+        steps = args.exact_steps or heldout.shape[1]
+        result = evaluate_exact(loaded.net, loaded.objective, heldout, real_tokens, order, steps, **common)
+    else:
+        result = evaluate_bound(
+            loaded.net, loaded.objective, heldout, real_tokens, args.time_samples, seed=args.seed, **common
+        )
     bar.close()
     result.update(domain.per_token_extras(result["bits_per_token"]))
     config = loaded.config
@@ -188,6 +192,19 @@ def add_parser(sub) -> None:
     e.add_argument("--max-sequences", type=positive_int, help="evaluate only the first N held-out sequences")
     e.add_argument("--seed", type=SEED, default=0)
     e.add_argument(
+        "--likelihood",
+        choices=("bound", "exact"),
+        default="bound",
+        help="bound: the NELBO (random-order masking; exact for AR); exact: masked diffusion's exact likelihood as "
+        "it samples with a deterministic --order (default top-prob) in --exact-steps steps (DUEL)",
+    )
+    e.add_argument(
+        "--exact-steps",
+        type=positive_int,
+        metavar="S",
+        help="--likelihood exact: the sampler's steps (default: one per position)",
+    )
+    e.add_argument(
         "--null-label",
         action="store_true",
         help="a labelled run: the bound given the null label (the unconditional model) instead of each "
@@ -200,7 +217,11 @@ def add_parser(sub) -> None:
         help="sudoku: solve puzzles (givens clamped); proteins: offline metrics of samples",
     )
     e.add_argument("--samples", help="proteins: a FASTA file of samples to judge (default: --n fresh samples)")
-    e.add_argument("--order", choices=ORDERS.names(), help="sudoku: unmasking order (default: Tweedie, random)")
+    e.add_argument(
+        "--order",
+        choices=ORDERS.names(),
+        help="sudoku: unmasking order (default: Tweedie, random); --likelihood exact: the sampler's order (top-prob)",
+    )
     e.add_argument("--order-noise", type=number(float, 0, 1e6), default=0.0, metavar="G")
     add_threshold_argument(e)
     e.add_argument("--puzzles", help="sudoku: a puzzle file (puzzle,solution or puzzle-only lines)")

@@ -67,6 +67,9 @@ def recorded(config: RunConfig) -> dict[str, Callable[[], Any]]:
         "fixed_window": lambda: None if "length_model" not in data else not data["length_model"],
         "labels": lambda: data.get("labels"),
         "label_dropout": lambda: (config.labels or {}).get("dropout"),
+        "split": lambda: data.get("split"),
+        "validation_fraction": lambda: data.get("validation_fraction"),
+        "train_records": lambda: data.get("train_records"),
     }
     for name in TrainConfig.FLAGS:
         values.setdefault(name, lambda name=name: getattr(train, name))

@@ -123,6 +123,10 @@ def create_run(args, world: World, run_dir: Path, held: ExitStack) -> TrainingRu
         if torch.is_tensor(train_ids) and len(train_ids) < batch:
             raise UserError(f"{len(train_ids)} training records are fewer than one batch of {batch} (see --batch-size)")
         config = config.with_data(domain, domain.tokenizer())
+        if (config.train.keep_best or config.train.patience) and domain.validation() is None:
+            raise UserError(
+                "--keep-best and --patience choose on a validation part: give --validation-fraction F (FASTA data)"
+            )
     except BaseException:
         if created:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -145,32 +149,36 @@ def open_run(args, run_dir: Path) -> TrainingRun:
 
 
 def build_trainer(run: TrainingRun, world: World) -> Trainer:
+    """The trainer of a run; its evaluations during training use the validation part when there is one."""
     torch.manual_seed(run.config.train.seed)
     net = Transformer(run.config.net)
     real_tokens = run.domain.tokenizer().real_tokens
+    validation = run.domain.validation()
     trainer = Trainer(
         run.run_dir,
         run.config.build_objective(),
         net,
         run.train_ids,
-        run.heldout_ids,
+        run.heldout_ids if validation is None else validation,
         real_tokens,
         run.config.train,
         world.device,
         world,
     )
+    trainer.eval_part = "heldout" if validation is None else "valid"
     if run.config.labels:
-        add_labels(trainer, run)
+        add_labels(trainer, run, validation is not None)
     return trainer
 
 
-def add_labels(trainer: Trainer, run: TrainingRun) -> None:
+def add_labels(trainer: Trainer, run: TrainingRun, validation: bool) -> None:
     """A labelled run: the trainer gives each batch its records' labels (dropped to null at the run's
-    rate) and the held-out bound the held-out records' labels."""
+    rate) and the evaluated records' bound their labels."""
     names, train = run.config.label_names, run.config.train
     feed = run.domain.train_labels(names)
     trainer.labels = LabelFeed(feed, train.batch_size, train.seed, run.config.labels["dropout"], len(names))
-    trainer.heldout_labels = run.domain.heldout_labels(names)[trainer.heldout_rows]
+    evaluated = run.domain.validation_labels(names) if validation else run.domain.heldout_labels(names)
+    trainer.heldout_labels = evaluated[trainer.heldout_rows]
 
 
 def resume(trainer: Trainer, run_dir: Path, say) -> None:
@@ -203,8 +211,12 @@ def describe(run: TrainingRun, trainer: Trainer, world: World) -> str:
 
 
 def finish(args, run: TrainingRun, trainer: Trainer, summary: dict) -> dict:
-    """The held-out bound of the EMA weights, a few samples and what the data adds: the JSON summary."""
+    """The held-out bound of the EMA weights (the kept best ones with --keep-best), a few samples and what
+    the data adds: the JSON summary."""
     tokenizer = run.domain.tokenizer()
+    best = trainer.checkpoints.best() if trainer.cfg.keep_best else None
+    if best is not None:
+        trainer.ema_net.load_state_dict(best.section("ema"))
     final = evaluate_bound(
         trainer.ema_net,
         trainer.objective,
@@ -217,6 +229,11 @@ def finish(args, run: TrainingRun, trainer: Trainer, summary: dict) -> dict:
     )
     final.update(run.domain.per_token_extras(final["bits_per_token"]))
     result = {"run": str(run.run_dir), **summary, "heldout": final}
+    if best is not None:
+        result["evaluated"] = {"checkpoint": "best", "step": best.step, **best.meta}
+        result["evaluated"].pop("sha256")
+    if "split" in run.info:
+        result["split"] = {k: run.info.get(k) for k in ("split", "train", "validation", "heldout", "clusters")}
     if args.samples:
         spec = run.domain.framed(SampleSpec(steps=args.sample_steps), trainer.ema_net, args.samples, trainer.cfg.seed)
         ids, _, _ = sample_many(
@@ -254,7 +271,11 @@ def summary_text(result: dict, domain: Domain) -> str:
         lines.append(
             f"amino-acid composition entropy of the training set: {result['composition_entropy_bits']:.4f} bits"
         )
-    lines.append(f"trained {result['steps']} steps in {result['seconds'] / 60:.1f} min")
+    epochs = f" ({result['epochs']:.1f} epochs)" if "epochs" in result else ""
+    lines.append(f"trained {result['steps']} steps{epochs} in {result['seconds'] / 60:.1f} min")
+    if "evaluated" in result:
+        e = result["evaluated"]
+        lines.append(f"evaluated:   the best checkpoint, step {e['step']} (validation {e['valid_bits_per_token']:.4f})")
     if "samples" in result:
         lines.append(
             f"samples:     {result['samples']['path']} ({result['samples']['valid_fraction']:.0%} well formed)"
@@ -348,6 +369,24 @@ def add_data_arguments(t) -> None:
         "included, instead of the length and the residues (p(n) p(residues | n), the default)",
     )
     t.add_argument(
+        "--split",
+        metavar="hash|identity:T",
+        help="proteins: hash (each distinct sequence by its SHA-256, the default) or identity:T (clusters of >= T "
+        "sequence identity from MMseqs2, each kept whole on one side, e.g. identity:0.5)",
+    )
+    t.add_argument(
+        "--validation-fraction",
+        type=number(float, 0, 1, high_open=True),
+        help="proteins: the part kept for checkpoint selection and early stopping, apart from the held-out "
+        "test part (0.05 with --split, --keep-best or --patience; else none)",
+    )
+    t.add_argument(
+        "--train-records",
+        type=positive_int,
+        metavar="N",
+        help="proteins: train on N records of the training part (the N with the lowest SHA-256, whatever the seed)",
+    )
+    t.add_argument(
         "--labels",
         metavar="FILE.tsv|" + FROM_HEADERS,
         help="FASTA: a label per record, from a table ('record id<TAB>label' lines) or, with 'headers', from "
@@ -389,6 +428,18 @@ def add_output_arguments(t) -> None:
     t.add_argument("--eval-every", type=positive_int)
     t.add_argument("--checkpoint-every", type=positive_int)
     t.add_argument("--keep-checkpoints", type=positive_int, help="newest checkpoints kept on disk (3)")
+    t.add_argument(
+        "--keep-best",
+        action="store_true",
+        default=None,
+        help="keep the EMA weights with the best validation bound (checkpoints/best.*); eval and sample use them",
+    )
+    t.add_argument(
+        "--patience",
+        type=positive_int,
+        metavar="EVALS",
+        help="stop when this many evaluations in a row (every --eval-every steps) bring no better validation bound",
+    )
     t.add_argument("--log-every", type=positive_int, help="steps between training-loss lines in metrics.jsonl (25)")
     t.add_argument(
         "--samples", type=number(int, 0, 1_000_000), default=16, help="sequences to sample at the end into RUN/samples"
