@@ -99,6 +99,22 @@ def test_block_size_one_is_the_exact_ar_nll_of_the_network():
             torch.testing.assert_close(bound, by_hand, atol=1e-4, rtol=1e-5)
 
 
+def test_block_size_one_time_form_has_the_ar_loss_in_expectation():
+    """B = 1 under the training form (an independent time per one-token block, the token masked with
+    probability t and weighted 1/t): the mean over draws is the network's AR NLL, sum_i -log p(x_i | x_<i),
+    computed with the mask-count form checked by hand above; each token is an unbiased 1/t-weighted coin."""
+    net = random_net()
+    objective = BlockDiffusion(Absorbing(5), LogLinear(eps=0.0), block_size=1)
+    x0 = torch.randint(0, 5, (1, 8), generator=torch.Generator().manual_seed(2))
+    n = 20_000
+    with torch.no_grad():
+        ar_nll = objective.loss_at_mask_count(net, x0, torch.ones(1, dtype=torch.long)).double().item()
+        losses = objective.loss(net, x0.expand(n, -1), generator=torch.Generator().manual_seed(3), t_min=0.0).double()
+    mean, se = losses.mean().item(), losses.std().item() / math.sqrt(n)
+    assert abs(mean - ar_nll) < 4 * se, (mean, ar_nll, se)
+    assert se < 0.05 * ar_nll  # the check is sharp enough to see a missing 1/t or a wrong mask rate
+
+
 def test_one_block_is_mdlm_for_the_same_draws():
     """B = L: the same t and the same random stream give MDLM's loss, in both forms."""
     net = random_net()

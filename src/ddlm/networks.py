@@ -48,6 +48,7 @@ class NetConfig:
 
 PRESETS: dict[str, dict] = {
     "tiny": dict(d_model=32, n_layers=2, n_heads=2),
+    "mini": dict(d_model=128, n_layers=4, n_heads=4),  # small families trained for many epochs on a CPU
     "small": dict(d_model=256, n_layers=4, n_heads=4),
     "medium": dict(d_model=384, n_layers=6, n_heads=6),
 }

@@ -1,0 +1,168 @@
+"""The curves and table of issue 27 from the runs of scripts/data_constrained.sh.
+
+For every run RUNS/<objective>-<records>-s<seed>: the validation bound against epochs and minutes
+(metrics.jsonl), the test bound at the best validation checkpoint (the run's summary), the exact
+likelihood of masked diffusion as it samples with --order top-prob (`ddlm eval --likelihood exact`) beside
+the bound on the same records, and the samples of the best checkpoint: profile-HMM hits and identity to the
+nearest training record (`ddlm eval --samples`), and the fraction identical to a training record.
+
+    python scripts/data_constrained.py RUNS [--exact-sequences 300] [--out docs/data_constrained]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+RUN_NAME = re.compile(r"(?P<objective>[a-z0-9]+)-(?P<records>\d+)-s(?P<seed>\d+)$")
+
+
+def ddlm(*args: str) -> dict:
+    done = subprocess.run([sys.executable, "-m", "ddlm", *args, "--json", "--quiet"], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"ddlm {' '.join(args)} failed: {done.stderr.strip()[-400:]}")
+    return json.loads(done.stdout)
+
+
+def curve(run: Path) -> list[dict]:
+    """Validation evaluations with their epoch and the minutes of training before them."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    elapsed = {r["step"]: r["elapsed_s"] for r in records if "elapsed_s" in r}
+    return [
+        {"step": r["step"], "epoch": r["epoch"], "minutes": elapsed.get(r["step"], float("nan")) / 60,
+         "valid_bits": r["valid_bits_per_token"]}
+        for r in records if "valid_bits_per_token" in r
+    ]  # fmt: skip
+
+
+def measure(run: Path, exact_sequences: int) -> dict:
+    summary = json.loads((run / "summary.json").read_text())
+    row = {
+        "steps": summary["steps"],
+        "minutes": summary["seconds"] / 60,
+        "epochs": summary["epochs"],
+        "best": summary.get("best"),
+        "test_bits": summary["heldout"]["bits_per_token"],
+        "test_se": summary["heldout"].get("mc_standard_error", 0.0),
+        "bound": summary["heldout"]["bound"],
+    }
+    if summary["heldout"]["bound"] != "exact":
+        n = str(exact_sequences)
+        exact = ddlm("eval", str(run), "--likelihood", "exact", "--max-sequences", n)
+        bound = ddlm("eval", str(run), "--max-sequences", n, "--time-samples", "8")
+        row["exact_subset"] = {
+            "sequences": exact_sequences,
+            "exact_bits": exact["bits_per_token"],
+            "bound_bits": bound["bits_per_token"],
+            "bound_se": bound["mc_standard_error"],
+        }
+    metrics = ddlm("eval", str(run), "--samples", str(run / "samples.fasta"))["samples"]
+    train = set(json.loads((run / "split.json").read_text())["train_ids"])
+    samples = [line.strip() for line in (run / "samples.fasta").read_text().splitlines() if not line.startswith(">")]
+    train_seqs = train_sequences(run, train)
+    row["samples"] = {
+        "hmm_hits": metrics["hmm_hit_fraction"],
+        "nearest_train_identity": metrics["nearest_train_identity"]["mean"],
+        "near_copies": metrics["nearest_train_identity"]["frac_ge_0.9"],
+        "identical_to_train": sum(s in train_seqs for s in samples) / len(samples),
+    }
+    return row
+
+
+def train_sequences(run: Path, train_ids: set[str]) -> set[str]:
+    """The sequences of the run's training records (from its data file)."""
+    source = json.loads((run / "split.json").read_text())["source"]
+    seqs, name = set(), None
+    for line in Path(source).read_text().splitlines():
+        if line.startswith(">"):
+            name = line[1:].split()[0]
+        elif name in train_ids:
+            seqs.add(line.strip())  # ACYP's records are one line each
+    return seqs
+
+
+def table(results: dict) -> str:
+    lines = [
+        "| model | train records | seed | steps | epochs | minutes | best at epoch | test bits at best (s.e.) | "
+        "exact / bound on the first N test records | HMM hits | nearest-train identity | >= 90% id. | identical |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in sorted(results.items()):
+        m = RUN_NAME.match(name)
+        exact = r.get("exact_subset")
+        exact_text = f"{exact['exact_bits']:.3f} / {exact['bound_bits']:.3f} (N={exact['sequences']})" if exact else "-"
+        best = r["best"] or {}
+        s = r["samples"]
+        lines.append(
+            f"| {m['objective']} | {m['records']} | {m['seed']} | {r['steps']} | {r['epochs']:.0f} | "
+            f"{r['minutes']:.1f} | "
+            f"{best.get('epoch', float('nan')):.0f} | {r['test_bits']:.3f} ({r['test_se']:.3f}) | {exact_text} | "
+            f"{s['hmm_hits']:.0%} | {s['nearest_train_identity']:.2f} | {s['near_copies']:.0%} | "
+            f"{s['identical_to_train']:.0%} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(curves: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted({int(RUN_NAME.match(n)["records"]) for n in curves})
+    fig, axes = plt.subplots(2, len(sizes), figsize=(5 * len(sizes), 7), dpi=120, squeeze=False)
+    colours = {"ar": "tab:red", "sedd": "tab:blue", "mdlm": "tab:green", "bd3lm": "tab:purple"}
+    for name, points in sorted(curves.items()):
+        m = RUN_NAME.match(name)
+        col = sizes.index(int(m["records"]))
+        style = "-" if m["seed"] == "0" else "--"
+        for row, key in enumerate(("epoch", "minutes")):
+            ax = axes[row][col]
+            ax.plot([p[key] for p in points], [p["valid_bits"] for p in points], style,
+                    color=colours.get(m["objective"]), label=f"{m['objective']} seed {m['seed']}")  # fmt: skip
+            ax.set_xlabel("epochs" if key == "epoch" else "minutes (one thread)")
+            ax.set_ylabel("validation bits / token (EMA)")
+            ax.set_title(f"ACYP, {m['records']} training records, identity:0.5 split")
+            ax.grid(alpha=0.3)
+    for ax in axes.flat:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", type=Path)
+    parser.add_argument("--exact-sequences", type=int, default=300)
+    parser.add_argument("--out", type=Path, default=Path("docs/data_constrained"))
+    args = parser.parse_args()
+    runs = sorted(
+        p for p in args.runs.iterdir() if p.is_dir() and RUN_NAME.match(p.name) and (p / "summary.json").is_file()
+    )
+    curves = {run.name: curve(run) for run in runs}
+    results = {}
+    for run in runs:
+        print(f"measuring {run.name}...", file=sys.stderr)
+        results[run.name] = measure(run, args.exact_sequences)
+    groups: dict[str, list[float]] = {}
+    for name, r in results.items():
+        m = RUN_NAME.match(name)
+        groups.setdefault(f"{m['objective']}-{m['records']}", []).append(r["test_bits"])
+    spread = {k: {"mean": statistics.mean(v), "seeds": v} for k, v in groups.items()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(
+        json.dumps({"runs": results, "curves": curves, "groups": spread}, indent=1)
+    )
+    plot(curves, args.out.with_suffix(".png"))
+    print(table(results))
+    for k, v in sorted(spread.items()):
+        print(f"{k}: test bits at best, mean {v['mean']:.4f} over seeds {', '.join(f'{x:.4f}' for x in v['seeds'])}")
+
+
+if __name__ == "__main__":
+    main()
