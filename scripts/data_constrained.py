@@ -32,7 +32,12 @@ def ddlm(*args: str) -> dict:
 def curve(run: Path) -> list[dict]:
     """Validation evaluations with their epoch and the minutes of training before them."""
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    elapsed = {r["step"]: r["elapsed_s"] for r in records if "elapsed_s" in r}
+    elapsed, offset, last = {}, 0.0, 0.0
+    for r in records:  # a resumed session counts its seconds from zero: carry on from the last one
+        if "elapsed_s" in r:
+            offset += last if r["elapsed_s"] < last else 0.0
+            last = r["elapsed_s"]
+            elapsed[r["step"]] = offset + r["elapsed_s"]
     return [
         {"step": r["step"], "epoch": r["epoch"], "minutes": elapsed.get(r["step"], float("nan")) / 60,
          "valid_bits": r["valid_bits_per_token"]}
@@ -41,10 +46,20 @@ def curve(run: Path) -> list[dict]:
 
 
 def measure(run: Path, exact_sequences: int) -> dict:
+    """The run's figures, measured once (kept in RUN/data_constrained.json, redone when the run moved on)."""
     summary = json.loads((run / "summary.json").read_text())
+    kept = run / "data_constrained.json"
+    if kept.is_file() and json.loads(kept.read_text())["steps"] == summary["steps"]:
+        return json.loads(kept.read_text())
+    row = measure_afresh(run, summary, exact_sequences)
+    kept.write_text(json.dumps(row, indent=1))
+    return row
+
+
+def measure_afresh(run: Path, summary: dict, exact_sequences: int) -> dict:
     row = {
         "steps": summary["steps"],
-        "minutes": summary["seconds"] / 60,
+        "minutes": (summary["seconds"] + earlier_seconds(run)) / 60,
         "epochs": summary["epochs"],
         "best": summary.get("best"),
         "test_bits": summary["heldout"]["bits_per_token"],
@@ -72,6 +87,11 @@ def measure(run: Path, exact_sequences: int) -> dict:
         "identical_to_train": sum(s in train_seqs for s in samples) / len(samples),
     }
     return row
+
+
+def earlier_seconds(run: Path) -> float:
+    """The seconds of a resumed run's earlier sessions (their summaries kept as summary-N.json)."""
+    return sum(json.loads(p.read_text())["seconds"] for p in run.glob("summary-*.json"))
 
 
 def train_sequences(run: Path, train_ids: set[str]) -> set[str]:
