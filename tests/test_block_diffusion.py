@@ -376,7 +376,7 @@ def test_cli_train_eval_sample(bd3_run, capsys):
     import json
 
     config = json.loads((bd3_run / "config.json").read_text())
-    assert config["objective"] == "bd3lm" and config["objective_options"] == {"block_size": 4}
+    assert config["objective"] == "bd3lm" and config["objective_options"] == {"block_size": 4, "mask_rates": "full"}
     result = json_out(capsys, ["eval", str(bd3_run), "--json", "--quiet", "--time-samples", "2"])
     assert result["bound"] == "nelbo" and result["objective"] == "bd3lm"
     assert 0 < result["bits_per_token"] < 10 and result["bits_per_char"] > 0 and result["mc_standard_error"] > 0

@@ -157,7 +157,7 @@ class Trainer:
         tensors["rng.noise"] = self.gen.get_state()
         tensors.update(rng)
         meta = {"optimizer": opt_meta, "bad_steps_total": self.bad_steps_total, "horizon": self.horizon}
-        meta.update(best=self.best, since_best=self.since_best)
+        meta.update(best=self.best, since_best=self.since_best, objective_state=self.objective.training_state())
         return self.checkpoints.save(self.step, tensors, meta)
 
     def _apply(self, ckpt: Checkpoint) -> None:
@@ -184,6 +184,7 @@ class Trainer:
             self.bad_steps_total = int(ckpt.meta.get("bad_steps_total", 0))
             self.horizon = ckpt.meta.get("horizon")
             self.best, self.since_best = ckpt.meta.get("best"), int(ckpt.meta.get("since_best", 0))
+            self.objective.load_training_state(ckpt.meta.get("objective_state", {}))
         except (KeyError, RuntimeError, TypeError, ValueError, AttributeError) as e:
             name = self.checkpoints.dir / f"step-{ckpt.step:08d}.safetensors"
             raise ValueError(f"{name}: does not fit this run ({type(e).__name__}: {e})") from None
@@ -275,6 +276,14 @@ class Trainer:
             labels=self.heldout_labels,
         )
 
+    def adapt(self) -> dict | None:
+        """The objective's estimator fitted to the evaluation records (objectives.base.Objective.adapt),
+        with the EMA weights, fixed noise and the evaluation's precision, as the bound is measured."""
+        ids = self.heldout_ids.to(self.device)
+        generator = torch.Generator(self.device).manual_seed(4321)
+        with autocast(self.device, self.amp):
+            return self.objective.adapt(self.ema_net, ids, generator)
+
     @property
     def epoch(self) -> float | None:
         """Passes over the training records so far (None for an endless stream)."""
@@ -285,7 +294,7 @@ class Trainer:
         """Evaluate the EMA weights on the evaluation part and log it; with a validation part, keep the
         best weights (keep_best) and count evaluations without improvement. True when patience is spent."""
         bits = self.last_eval = self.heldout_bits()["bits_per_token"]
-        record = {"step": self.step, f"{self.eval_part}_bits_per_token": bits}
+        record = {"step": self.step, f"{self.eval_part}_bits_per_token": bits, **(self.adapt() or {})}
         self.log(record if self.epoch is None else {**record, "epoch": self.epoch})
         if self.eval_part != "valid":
             return False

@@ -345,10 +345,22 @@ def add_option(t, option: Option, objectives: list[str]) -> None:
         t.add_argument(option.flag, action="store_true", default=None, help=help)
     elif option.choices:
         t.add_argument(option.flag, choices=option.choices, help=help)
+    elif option.parse is not None:  # checked here, kept as given
+        t.add_argument(option.flag, type=checked(option.parse), metavar=option.metavar, help=help)
     else:
         t.add_argument(
             option.flag, type=number(option.kind, option.low, option.high), metavar=option.metavar, help=help
         )
+
+
+def checked(parse):
+    """An argparse type that checks the text with `parse` and keeps the text itself."""
+
+    def check(text: str) -> str:
+        parse(text)
+        return text
+
+    return check
 
 
 def add_data_arguments(t) -> None:

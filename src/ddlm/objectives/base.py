@@ -101,6 +101,18 @@ class Objective:
         """[B] what the optimiser minimises; the bound itself unless the objective adds an auxiliary term."""
         return self.loss(net, x0, generator=generator)
 
+    def adapt(self, net, x0: torch.Tensor, generator=None) -> dict | None:
+        """Fit the training estimator to the records x0 at an evaluation (bd3lm's --mask-rates auto);
+        what changed, for the metrics log, or None when the objective has nothing to fit."""
+        return None
+
+    def training_state(self) -> dict:
+        """What `adapt` has fitted, saved in each checkpoint so a resumed run goes on with it."""
+        return {}
+
+    def load_training_state(self, state: dict) -> None:
+        """Take back a checkpoint's `training_state`."""
+
     @property
     def length_multiple(self) -> int:
         """A training sequence may be cut short only to a multiple of this many positions."""

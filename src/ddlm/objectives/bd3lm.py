@@ -23,6 +23,9 @@ Training is vectorised (the paper's trick): the network reads [x_t ; x_0] (lengt
 [0..L-1, 0..L-1] and a block-causal mask (`training_mask`), so one pass gives every block's logits
 given its own noisy block and the clean prefix. Sampling goes block by block with MDLM's reverse
 process (`generate_blocks`); the prefix is clamped, and the network sees it through the same mask.
+
+`--mask-rates` clips the masking rate training draws per block to [beta, omega], fixed or chosen at
+every evaluation by the variance of the estimate (the paper's data-driven schedule, clipped.py).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from ..processes import Process
 from ..sampling import SampleResult, SampleSpec, generate
 from ..schedules import Schedule
 from .base import ANIMATION_REFUSAL, OBJECTIVES
+from .clipped import AUTO, CANDIDATES, FULL, clipped_counts, least_variance, parse_mask_rates
 from .mdlm import MDLM
 from .option import Option
 
@@ -83,6 +87,16 @@ class BlockDiffusion(MDLM):
             10**5,
             metavar="B",
         ),
+        Option(
+            "mask_rates",
+            "--mask-rates",
+            str,
+            "full",
+            "the masking rates training draws per block: full (the bound), BETA:OMEGA (clipped to U[BETA, OMEGA]) "
+            "or auto (the interval of least estimator variance, chosen again at every evaluation)",
+            metavar="full|auto|BETA:OMEGA",
+            parse=parse_mask_rates,
+        ),
     )
 
     @classmethod
@@ -92,11 +106,14 @@ class BlockDiffusion(MDLM):
             return "--objective bd3lm needs --process absorbing and takes no --time-conditioning"
         return None
 
-    def __init__(self, process: Process, schedule: Schedule, block_size: int):
+    def __init__(self, process: Process, schedule: Schedule, block_size: int, mask_rates: str = "full"):
         super().__init__(process, schedule)
         if block_size < 1:
             raise ValueError(f"block size must be at least 1, not {block_size}")
         self.block_size = block_size
+        rates = parse_mask_rates(mask_rates)
+        self.search = rates == AUTO  # data-driven: `adapt` chooses the interval at every evaluation
+        self.rates: tuple[float, float] = FULL if self.search else rates
 
     @property
     def length_multiple(self) -> int:
@@ -146,16 +163,42 @@ class BlockDiffusion(MDLM):
         out = self.block_logits(net, xt, x0)
         return self.position_loss(out, xt, x0, sbar, sigma).sum(-1)
 
-    def training_loss(self, net, x0, generator=None):
+    def training_loss(self, net, x0, generator=None, rates: tuple[float, float] | None = None):
         """[B] the bound in its mask-count form with an independent k_b ~ U{1..n_b} per block (n_b its
-        moving positions: B in a fixed window).
+        moving positions: B in a fixed window), or with the block's masking rate clipped to `rates`
+        (default: the run's, see clipped.py; not the bound unless [0, 1]).
 
         Same expectation as `loss` (the integral over t of (1/t) Bin(k; n_b, t) is 1/k), but every block
         contributes (under the time form a fifth of 4-token blocks draw no mask at all) and the weights
         n_b / k_b stay within [1, B] instead of growing like 1/t: a lower-variance gradient of the bound."""
         n, L = x0.shape
         u = torch.rand(n, self.num_blocks(L), generator=generator, device=x0.device, dtype=torch.float64)
-        return self.loss_at_mask_count(net, x0, k=self.count_in_block(u, x0), generator=generator)
+        moving = self.by_block(self.process.moves(x0), False).sum(-1)
+        k = clipped_counts(u, moving, self.rates if rates is None else rates)
+        return self.loss_at_mask_count(net, x0, k=k, generator=generator)
+
+    @torch.no_grad()
+    def adapt(self, net, x0, generator=None):
+        """With --mask-rates auto: the candidate interval whose training estimate, per token, varies least
+        over the records x0 (the same noise for every candidate), as the run's interval from now on."""
+        if not self.search:
+            return None
+        tokens = self.process.moves(x0).sum(-1).clamp(min=1)
+        state = None if generator is None else generator.get_state()
+        estimates = {}
+        for rates in CANDIDATES:
+            if state is not None:
+                generator.set_state(state)
+            estimates[rates] = self.training_loss(net, x0, generator, rates=rates).float() / tokens
+        self.rates = least_variance(estimates)
+        return {"mask_rates": list(self.rates)}
+
+    def training_state(self) -> dict:
+        return {"mask_rates": list(self.rates)} if self.search else {}
+
+    def load_training_state(self, state: dict) -> None:
+        if self.search and "mask_rates" in state:
+            self.rates = tuple(state["mask_rates"])
 
     def count_in_block(self, u: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         """k_b = floor(u_b n_b) + 1: uniform on 1..n_b for u_b uniform in [0, 1) (1 for a block of context)."""
