@@ -13,13 +13,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
-RUN_NAME = re.compile(r"(?P<objective>[a-z0-9]+)-(?P<records>\d+)-s(?P<seed>\d+)$")
+# OBJECTIVE-RECORDS-sSEED[-dDROPOUT], as scripts/data_constrained.sh names its runs
+RUN_NAME = re.compile(r"(?P<objective>[a-z0-9]+)-(?P<records>\d+|all)-s(?P<seed>\d+)(-d(?P<dropout>[0-9.]+))?$")
+
+
+def dropout(m: re.Match) -> str:
+    return m["dropout"] or "0.1"
+
+
+def size_key(records: str) -> float:
+    return float("inf") if records == "all" else int(records)
 
 
 def ddlm(*args: str) -> dict:
@@ -108,20 +118,22 @@ def train_sequences(run: Path, train_ids: set[str]) -> set[str]:
 
 def table(results: dict) -> str:
     lines = [
-        "| model | train records | seed | steps | epochs | minutes | best at epoch | test bits at best (s.e.) | "
-        "exact / bound on the first N test records | HMM hits | nearest-train identity | >= 90% id. | identical |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | dropout | train records | seed | steps | epochs | minutes | best at epoch | valid bits at best | "
+        "test bits at best (s.e.) | exact / bound on the first N test records | HMM hits | nearest-train identity | "
+        ">= 90% id. | identical |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, r in sorted(results.items()):
+    order = lambda item: (size_key(RUN_NAME.match(item[0])["records"]), item[0])  # noqa: E731
+    for name, r in sorted(results.items(), key=order):
         m = RUN_NAME.match(name)
         exact = r.get("exact_subset")
         exact_text = f"{exact['exact_bits']:.3f} / {exact['bound_bits']:.3f} (N={exact['sequences']})" if exact else "-"
         best = r["best"] or {}
         s = r["samples"]
         lines.append(
-            f"| {m['objective']} | {m['records']} | {m['seed']} | {r['steps']} | {r['epochs']:.0f} | "
-            f"{r['minutes']:.1f} | "
-            f"{best.get('epoch', float('nan')):.0f} | {r['test_bits']:.3f} ({r['test_se']:.3f}) | {exact_text} | "
+            f"| {m['objective']} | {dropout(m)} | {m['records']} | {m['seed']} | {r['steps']} | {r['epochs']:.0f} | "
+            f"{r['minutes']:.1f} | {best.get('epoch', float('nan')):.0f} | {best.get('bits', float('nan')):.3f} | "
+            f"{r['test_bits']:.3f} ({r['test_se']:.3f}) | {exact_text} | "
             f"{s['hmm_hits']:.0%} | {s['nearest_train_identity']:.2f} | {s['near_copies']:.0%} | "
             f"{s['identical_to_train']:.0%} |"
         )
@@ -134,17 +146,18 @@ def plot(curves: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sizes = sorted({int(RUN_NAME.match(n)["records"]) for n in curves})
+    sizes = sorted({RUN_NAME.match(n)["records"] for n in curves}, key=size_key)
     fig, axes = plt.subplots(2, len(sizes), figsize=(5 * len(sizes), 7), dpi=120, squeeze=False)
     colours = {"ar": "tab:red", "sedd": "tab:blue", "mdlm": "tab:green", "bd3lm": "tab:purple"}
     for name, points in sorted(curves.items()):
         m = RUN_NAME.match(name)
-        col = sizes.index(int(m["records"]))
-        style = "-" if m["seed"] == "0" else "--"
+        col = sizes.index(m["records"])
+        style = ("-" if m["seed"] == "0" else "--") if m["dropout"] is None else ("-." if m["seed"] == "0" else ":")
         for row, key in enumerate(("epoch", "minutes")):
             ax = axes[row][col]
             ax.plot([p[key] for p in points], [p["valid_bits"] for p in points], style,
-                    color=colours.get(m["objective"]), label=f"{m['objective']} seed {m['seed']}")  # fmt: skip
+                    color=colours.get(m["objective"]),
+                    label=f"{m['objective']} dropout {dropout(m)} seed {m['seed']}")  # fmt: skip
             ax.set_xlabel("epochs" if key == "epoch" else "minutes (one thread)")
             ax.set_ylabel("validation bits / token (EMA)")
             ax.set_title(f"ACYP, {m['records']} training records, identity:0.5 split")
@@ -169,11 +182,19 @@ def main() -> None:
     for run in runs:
         print(f"measuring {run.name}...", file=sys.stderr)
         results[run.name] = measure(run, args.exact_sequences)
-    groups: dict[str, list[float]] = {}
+    groups: dict[str, list[dict]] = {}
     for name, r in results.items():
         m = RUN_NAME.match(name)
-        groups.setdefault(f"{m['objective']}-{m['records']}", []).append(r["test_bits"])
-    spread = {k: {"mean": statistics.mean(v), "seeds": v} for k, v in groups.items()}
+        groups.setdefault(f"{m['objective']}-{m['records']}-d{dropout(m)}", []).append(r)
+    spread = {
+        k: {
+            "mean": statistics.mean(r["test_bits"] for r in rs),
+            "seeds": [r["test_bits"] for r in rs],
+            "valid_mean": statistics.mean((r["best"] or {}).get("bits", math.nan) for r in rs),
+            "valid_seeds": [(r["best"] or {}).get("bits", math.nan) for r in rs],
+        }
+        for k, rs in groups.items()
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(
         json.dumps({"runs": results, "curves": curves, "groups": spread}, indent=1)
@@ -181,7 +202,8 @@ def main() -> None:
     plot(curves, args.out.with_suffix(".png"))
     print(table(results))
     for k, v in sorted(spread.items()):
-        print(f"{k}: test bits at best, mean {v['mean']:.4f} over seeds {', '.join(f'{x:.4f}' for x in v['seeds'])}")
+        tests, valids = ", ".join(f"{x:.4f}" for x in v["seeds"]), ", ".join(f"{x:.4f}" for x in v["valid_seeds"])
+        print(f"{k}: at best, test mean {v['mean']:.4f} ({tests}), validation mean {v['valid_mean']:.4f} ({valids})")
 
 
 if __name__ == "__main__":
