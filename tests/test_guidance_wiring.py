@@ -74,6 +74,7 @@ def test_infill_takes_guidance(labelled_run, predictor_dir, calls, capsys):
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     assert all(t.startswith("M") and t[-5:-3] == "KV" for t in out["samples"]) and calls["predictor"] > 0
+    assert out["predictor"]["calls"] > 0 and out["predictor"]["inputs_per_sample"] > 0  # its cost, reported
 
 
 @pytest.mark.parametrize(

@@ -131,6 +131,22 @@ def test_the_shift_reweights_each_rate_by_the_predictor_ratio(objective_cls, sca
     assert torch.allclose(s_guided, expected, rtol=1e-9, atol=0)
 
 
+def test_the_predictors_cost_is_counted():
+    """One guided call with the exact shift reads x and every single-site change: B + (masked) x V
+    sequences, in 1 + ceil((masked) x V / chunk) passes; the taylor shift one pass of B."""
+    toy = ToyDistribution()
+    process = Absorbing(toy.V)
+    net, predictor = ExactAbsorbingNet(toy, process.mask_id, 1.0), ExactPredictor(toy, process.mask_id)
+    xt = every_noisy_state(toy, process.mask_id)
+    masked = int((xt == process.mask_id).sum())
+    shift = ExactShift()
+    shift.chunk_tokens = 40 * toy.L  # 40 changed sequences per pass
+    guided = PredictorGuided(net, predictor, TARGET, 1.0, shift, process.mask_id, toy.V)
+    guided(xt, torch.tensor(0.7))
+    assert guided.predictor_inputs == len(xt) + masked * toy.V
+    assert guided.predictor_calls == 1 + math.ceil(masked * toy.V / 40)
+
+
 def guided_samples(objective_cls, scale, predictor, gamma, steps=256, n=N):
     toy = ToyDistribution()
     process = Absorbing(toy.V)

@@ -98,7 +98,8 @@ class Options:
 class Samples:
     """What a sampling call returns: decoded texts, whether each is well formed, the token ids, the cost
     (the largest number of network evaluations one sample received, all its particles together; the
-    seconds of sampling) and, with a reward, each returned sample's reward."""
+    seconds of sampling; under predictor guidance the predictor's forward passes and the sequences they
+    read per sample) and, with a reward, each returned sample's reward."""
 
     texts: list[str]
     valid: list[bool]
@@ -108,11 +109,14 @@ class Samples:
     rewards: list[float] | None = None
     particles: int = 1
     gap_lengths: list[list[int]] | None = None
+    predictor: dict | None = None  # {"calls", "inputs_per_sample"} under predictor guidance
 
     def summary(self) -> dict:
         """The JSON object `ddlm sample --json` prints."""
         out = {"samples": self.texts, "nfe": self.nfe, "seconds": self.seconds, "valid": self.valid}
         out["sequences_per_second"] = len(self.texts) / self.seconds if self.seconds > 0 else None
+        if self.predictor is not None:
+            out["predictor"] = self.predictor
         if self.rewards is not None:
             out.update(rewards=self.rewards, particles=self.particles)
         if self.gap_lengths is not None:
@@ -295,7 +299,15 @@ def draw_samples(session: Session, n: int, options: Options, template: str | Non
     ids, nfe, seconds = session.sample(n, spec, options.seed, quiet, options.lengths())
     texts, valid = session.domain.decode(ids)
     rewards = None if options.reward is None else options.reward(texts).tolist()
-    return Samples(texts, valid, ids, nfe, seconds, rewards, options.particles, gap_lengths)
+    return Samples(texts, valid, ids, nfe, seconds, rewards, options.particles, gap_lengths, predictor_cost(session, n))
+
+
+def predictor_cost(session: Session, n: int) -> dict | None:
+    """The predictor's forward passes and the sequences they read per sample, under predictor guidance."""
+    net = session.loaded.net
+    if not hasattr(net, "predictor_inputs"):
+        return None
+    return {"calls": net.predictor_calls, "inputs_per_sample": net.predictor_inputs / n}
 
 
 @torch.inference_mode()

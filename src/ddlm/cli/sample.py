@@ -56,9 +56,11 @@ def emit_samples(args, samples: api.Samples) -> int:
         names = [f"{name} gaps={','.join(map(str, g))}" for name, g in zip(names, samples.gap_lengths, strict=True)]
     if args.out:
         write_fasta(args.out, names, samples.texts)
+        guide = samples.predictor
+        guide = f", the predictor read {guide['inputs_per_sample']:,.0f} sequences per sample" if guide else ""
         log(
-            f"wrote {len(samples.texts)} sequences to {args.out} ({nfe} network evaluations per sequence at most, "
-            f"{samples.seconds:.1f} s)"
+            f"wrote {len(samples.texts)} sequences to {args.out} ({nfe} network evaluations per sequence at most"
+            f"{guide}, {samples.seconds:.1f} s)"
         )
     else:
         for name, text in zip(names, samples.texts, strict=True):

@@ -329,12 +329,20 @@ class PredictorGuided(Wrapper):
 
     `predictor(x) -> [B, K]` log p(label | x), for ids [B, L] (and, for the `taylor` shift, for a float
     one-hot [B, L, S]); `target` the label index; `support` the moving tokens (the only ones a masked
-    position may become)."""
+    position may become). `predictor_calls` and `predictor_inputs` count the predictor's forward passes
+    and the sequences they read (guidance's cost beside the network's calls)."""
 
     def __init__(self, net, predictor, target: int, gamma: float, shift: Shift, mask_id: int, support: int):
         super().__init__(net)
         self.predictor, self.shift = predictor, shift
         self.target, self.gamma, self.mask_id, self.support = target, float(gamma), mask_id, support
+        self.predictor_calls = self.predictor_inputs = 0
+        # a hook, not a wrapper: the taylor shift needs the module itself (and a copy of it keeps the hook)
+        predictor.register_forward_pre_hook(self._count)
+
+    def _count(self, module, inputs) -> None:
+        self.predictor_calls += 1
+        self.predictor_inputs += inputs[0].shape[0]
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         out = self.net(x, *args, **kwargs)
