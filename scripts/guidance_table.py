@@ -96,6 +96,12 @@ def reference(run: str, has) -> dict:
     return {"has": has, "train": train, "train_with_property": with_property, "hmm": build_family_hmm(train)}
 
 
+def predictor_cost(row: dict) -> str:
+    """The predictor's share of the calls, beside the network's: its passes and the sequences they read."""
+    cost = row.get("predictor")
+    return f" + {cost['calls']} predictor passes ({cost['inputs_per_sample']:,.0f} seq./sample)" if cost else ""
+
+
 def markdown(rows: list[dict]) -> str:
     lines = [
         "| mode | hit rate | HMM hits | novelty | near-copies | 3-mer JS vs property / all | nfe | seq/s |",
@@ -105,7 +111,7 @@ def markdown(rows: list[dict]) -> str:
         lines.append(
             f"| {r['mode']} | {r['hit_rate']:.0%} +- {r['hit_rate_se']:.0%} | {r['hmm_hits']:.0%} | "
             f"{r['novelty']:.3f} | {r['near_copies']:.1%} | {r['js3_vs_property']:.3f} / {r['js3_vs_all']:.3f} | "
-            f"{r['nfe']} | {r['seq_per_s']:.2f} |"
+            f"{r['nfe']}{predictor_cost(r)} | {r['seq_per_s']:.2f} |"
         )
     return "\n".join(lines)
 
@@ -168,7 +174,8 @@ def main() -> None:
         start = time.perf_counter()
         out = model.sample(args.n, steps=args.steps, seed=args.seed, **options)
         seconds = time.perf_counter() - start
-        results.append({**measure(name, out.texts, out.nfe, seconds, ref), "run": run, "options": options})
+        row = measure(name, out.texts, out.nfe, seconds, ref)
+        results.append({**row, "predictor": out.predictor, "run": run, "options": options})
         print(markdown(results[-1:]).splitlines()[-1], flush=True)
     cpu = ", ".join(cpu_vector_flags())
     print(f"\n{args.property}; {args.n} samples a row, {args.steps} steps, {args.threads} thread(s); CPU flags: {cpu}")
