@@ -56,6 +56,33 @@ def test_hash_split_is_the_split_of_earlier_runs(tmp_path):
     assert with_valid.info["split"] == "hash" and with_valid.info["validation"] == len(with_valid.valid_seqs)
 
 
+class GivenUnits(splits.Split):
+    """A split whose clusters are given: the order in which `assign` deals them is what is tested."""
+
+    name = "given"
+
+    def __init__(self, units):
+        super().__init__(None)
+        self.given = units
+
+    def units(self, seqs):
+        return self.given
+
+
+def test_a_cluster_comes_early_whatever_its_size():
+    """50 clusters of 20 and 1,000 singletons; the test part takes 5% (100 records). Dealt with every
+    cluster equally likely to come first, the part holds many clusters, mostly singletons (the old order,
+    by the smallest hash of the members, deals the big clusters first: it fails with 24 clusters)."""
+    rng = random.Random(3)
+    seqs = ["".join(rng.choice(AMINO) for _ in range(30)) for _ in range(2000)]
+    units = [list(range(20 * c, 20 * c + 20)) for c in range(50)] + [[i] for i in range(1000, 2000)]
+    parts = GivenUnits(units).assign(seqs, 0.05, 0.05)
+    for part in (splits.TEST, splits.VALID):
+        held = [u for u in units if parts[u[0]] == part]
+        big = sum(len(u) == 20 for u in held)
+        assert sum(map(len, held)) == 100 and len(held) > 40 and big < len(held) / 2, (part, len(held), big)
+
+
 def max_identity_to_train(data) -> list[float]:
     return [max(identity(t, s) for s in data.train_seqs) for t in data.heldout_seqs + data.valid_seqs]
 
