@@ -93,6 +93,15 @@ class SelfDistillation:
     def length_nll(self, net, x0: torch.Tensor) -> torch.Tensor:
         return torch.zeros(x0.shape[0], device=x0.device)  # the length head stays the teacher's
 
+    def adapt(self, net, x0: torch.Tensor, generator=None) -> None:
+        return None  # nothing to fit between evaluations: the target is the teacher's
+
+    def training_state(self) -> dict:
+        return {}
+
+    def load_training_state(self, state: dict) -> None:
+        pass
+
     @property
     def length_multiple(self) -> int:
         return self.objective.length_multiple
