@@ -37,12 +37,13 @@ def test_the_full_interval_is_uniform_and_a_narrow_one_is_not():
 
 
 def test_full_interval_trains_on_the_bound_as_before():
-    """--mask-rates full draws exactly the counts of the bound's mask-count form (count_in_block)."""
+    """--mask-rates full draws exactly the counts of the bound's mask-count form, k_b = floor(u_b n_b) + 1
+    with n_b a block's moving positions, computed here by hand."""
     objective = BlockDiffusion(Absorbing(5), LogLinear(eps=0.0), block_size=3)
     x0 = torch.randint(0, 5, (64, 8), generator=torch.Generator().manual_seed(0))
     u = torch.rand(64, objective.num_blocks(8), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    moving = objective.by_block(objective.process.moves(x0), False).sum(-1)
-    assert torch.equal(clipped_counts(u, moving, FULL), objective.count_in_block(u, x0))
+    moving = torch.nn.functional.pad(x0 < 5, (0, 1)).view(64, 3, 3).sum(-1)  # blocks of 3 over 8 (+1 pad)
+    assert torch.equal(clipped_counts(u, moving, FULL), (u * moving).floor().long() + 1)
 
 
 def test_clipped_training_loss_mean_is_the_reweighted_bound():

@@ -174,7 +174,7 @@ class BlockDiffusion(MDLM):
         n, L = x0.shape
         u = torch.rand(n, self.num_blocks(L), generator=generator, device=x0.device, dtype=torch.float64)
         moving = self.by_block(self.process.moves(x0), False).sum(-1)
-        k = clipped_counts(u, moving, self.rates if rates is None else rates)
+        k = clipped_counts(u, moving, self.rates if rates is None else rates)  # FULL: count_in_block
         return self.loss_at_mask_count(net, x0, k=k, generator=generator)
 
     @torch.no_grad()
@@ -202,8 +202,7 @@ class BlockDiffusion(MDLM):
 
     def count_in_block(self, u: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         """k_b = floor(u_b n_b) + 1: uniform on 1..n_b for u_b uniform in [0, 1) (1 for a block of context)."""
-        moving = self.by_block(self.process.moves(x0), False).sum(-1)
-        return (u * moving).floor().long() + 1
+        return clipped_counts(u, self.by_block(self.process.moves(x0), False).sum(-1), FULL)
 
     def sample(self, net, batch, length, spec, *, clamp=None, clamp_values=None, generator=None, device="cpu"):
         return generate_blocks(

@@ -9,11 +9,11 @@ used here (k_b of the block's n_b moving positions masked, weight n_b / k_b):
     r = beta + (omega - beta) u,  u ~ U[0, 1),   k_b = floor(r n_b) + 1   (r < 1, so k_b <= n_b),
 
 so P(k) = |[beta, omega) cap [(k - 1) / n_b, k / n_b)| / (omega - beta); [0, 1] is the bound's own law,
-uniform on 1..n_b. A clipped interval reweights the noise levels:
-it is not the bound, and evaluation always reports the bound (r over all of [0, 1]).
+uniform on 1..n_b. A clipped interval reweights the noise levels: it is not the bound, and evaluation
+always reports the bound (r over all of [0, 1]).
 
 "Data-driven" (`auto`): at every evaluation the interval is chosen again from `CANDIDATES`, the one
-whose per-sequence estimate (bits per token) varies least over the evaluation records, each drawn once
+whose per-sequence estimate (per token) varies least over the evaluation records, each drawn once
 with the same noise for every candidate; the paper searches intervals of fixed widths at a fixed stride
 the same way, by the variance of the validation loss.
 """
