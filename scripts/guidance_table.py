@@ -2,6 +2,7 @@
 
     python scripts/guidance_table.py RUN --property 'charge>=5' [--n 100] [--steps 128] [--threads 1]
         [--particles 4,16 --reward-temperature 0.1]        # reward-guided particles (SMC), reward = the property
+        [--particle-reward cap:5:charge]                    # ... or another reward (repeatable)
         [--cfg-run LABELLED_RUN --condition LABEL --cfg 1,3]  # classifier-free guidance
         [--predictor DIR --target LABEL --guidance 1,3 --approx taylor]  # predictor guidance
         [--json FILE] [--plot FILE.png]
@@ -13,7 +14,8 @@ identity of each sample to its nearest training record (5,000 of them), and near
 at >= 90% identity; the 3-mer Jensen-Shannon divergence (bits) of the samples against the training
 records that have the property, and against all training records; network calls per sample (nfe, all
 particles together) and sequences per second on --threads threads. The SMC rows guide by the very
-property they are scored on (the reward is the property's value); CFG and predictor guidance are
+property they are scored on (the reward is the property's value, or with --particle-reward, e.g. the
+value capped at the threshold); CFG and predictor guidance are
 trained on labels computed from it. Prints Markdown; --json keeps the rows, --plot draws hit rate
 against network calls.
 """
@@ -76,9 +78,10 @@ def rows_to_run(args) -> list[tuple[str, str, dict]]:
     """(row name, run directory, sampling options) for every row asked for."""
     reward, _ = property_test(args.property)
     rows = [("unguided", args.run, {})]
-    for k in args.particles:
-        options = {"reward": reward, "particles": k, "reward_temperature": args.reward_temperature}
-        rows.append((f"SMC, K = {k}, lambda = {args.reward_temperature}", args.run, options))
+    for spec in args.particle_reward or [reward]:
+        for k in args.particles:
+            options = {"reward": spec, "particles": k, "reward_temperature": args.reward_temperature}
+            rows.append((f"SMC ({spec}), K = {k}, lambda = {args.reward_temperature}", args.run, options))
     if args.cfg_run:
         rows.append(("labelled run, unguided", args.cfg_run, {}))
         rows += [(f"CFG, gamma = {g}", args.cfg_run, {"condition": args.condition, "cfg": g}) for g in args.cfg]
@@ -150,6 +153,13 @@ def main() -> None:
     numbers = lambda kind: lambda s: [kind(x) for x in s.split(",") if x]  # noqa: E731
     p.add_argument("--particles", type=numbers(int), default=[])
     p.add_argument("--reward-temperature", type=float, default=0.1)
+    p.add_argument(
+        "--particle-reward",
+        action="append",
+        metavar="SPEC",
+        help="the particles' reward (repeatable; default: the property's own, e.g. charge); cap:5:charge "
+        "stops pushing once the threshold is reached",
+    )
     p.add_argument("--cfg-run")
     p.add_argument("--condition")
     p.add_argument("--cfg", type=numbers(float), default=[1.0])

@@ -1,7 +1,8 @@
 """Solve rate per unmasking order on held-out generated Sudoku puzzles (Kim et al. 2025 on a CPU), and
 with reward-guided particles (`--reward sudoku`: the satisfied unit constraints, issue 26).
 
-    python scripts/sudoku_benchmark.py RUN [--givens 30] [--n 200] [--particles 4,16] [--remask-rate R]
+    python scripts/sudoku_benchmark.py RUN [--givens 30] [--n 200] [--particles 4,16] [--reward-temperature L]
+        [--remask-rate R]
 
 Each particle row samples K particles per puzzle with the top-margin order, resamples them by the reward
 of their denoised estimates when the effective sample size falls below K/2, and returns the particle with
@@ -32,6 +33,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=81)
     parser.add_argument("--orders", default="random,top-prob,top-margin")
     parser.add_argument("--particles", default="", help="comma-separated K for reward-guided rows (e.g. 4,16)")
+    parser.add_argument(
+        "--reward-temperature", type=float, default=1.0, help="lambda: one more constraint weighs e^(1/lambda)"
+    )
     parser.add_argument("--remask-rate", type=float, help="also let the particles remask (ReMDM-style)")
     args = parser.parse_args()
     results = {}
@@ -40,9 +44,11 @@ def main() -> None:
         print(f"{order}: {results[order]['solved']:.1%}", file=sys.stderr, flush=True)
     for k in filter(None, args.particles.split(",")):
         flags = ["--order", "top-margin", "--reward", "sudoku", "--particles", k, "--pick", "best"]
+        flags += ["--reward-temperature", str(args.reward_temperature)]
         if args.remask_rate is not None:
             flags += ["--remask-rate", str(args.remask_rate)]
-        name = f"top-margin, reward sudoku, K={k}" + (f", remask {args.remask_rate}" if args.remask_rate else "")
+        name = f"top-margin, reward sudoku, K={k}, lambda {args.reward_temperature}"
+        name += f", remask {args.remask_rate}" if args.remask_rate else ""
         results[name] = evaluate(args, *flags)
         print(f"{name}: {results[name]['solved']:.1%}", file=sys.stderr, flush=True)
     out = Path(args.run) / f"sudoku_benchmark_{args.givens}.json"

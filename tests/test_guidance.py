@@ -203,7 +203,15 @@ def test_builtin_rewards_give_their_exact_values():
     broken = grid[1] + grid[1:]
     values = parse_reward("sudoku")([grid, broken]).tolist()
     assert values[0] == 243.0 and values[1] == 243.0 - 3  # its row, column and box each lose a digit
-    assert sorted(REWARDS) == ["charge", "gravy", "hmm", "py", "regex", "sudoku"]
+    assert sorted(REWARDS) == ["cap", "charge", "gravy", "hmm", "py", "regex", "sudoku"]
+
+
+def test_a_capped_reward_is_the_minimum_of_the_reward_and_the_cap():
+    texts = ["KKKKKKKK", "KKKKK", "KK", "DDDD"]  # charge 8, 5, 2, -4
+    assert parse_reward("cap:5:charge")(texts).tolist() == [5.0, 5.0, 2.0, -4.0]
+    assert parse_reward("cap:-1.5:charge")(texts).tolist() == [-1.5, -1.5, -1.5, -4.0]
+    assert parse_reward("cap:0.5:regex:K{3}")(texts).tolist() == [0.5, 0.5, 0.0, 0.0]  # the inner spec keeps its colons
+    assert parse_reward("cap:5:charge").refusal("text") is not None  # the inner reward's domains
 
 
 def test_hmm_reward_scores_family_members_above_shuffled_ones(tmp_path, family):
@@ -238,6 +246,10 @@ def py_reward_module(tmp_path, body: str) -> str:
         ("py:onlymodule", "py:MODULE:FUNCTION"),
         ("py:no_such_module_xyz:f", "cannot import 'no_such_module_xyz'"),
         ("py:math:no_such_function", "no callable 'no_such_function'"),
+        ("cap:5", "write cap:VALUE:SPEC"),
+        ("cap:five:charge", "write cap:VALUE:SPEC"),
+        ("cap:inf:charge", "finite VALUE"),
+        ("cap:5:colour", "unknown reward 'colour'"),
     ],
 )
 def test_bad_reward_specs_are_one_line(spec, needle):

@@ -100,7 +100,8 @@ def add_steering_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--reward",
         metavar="SPEC",
-        help="steer towards a higher reward: charge, gravy, hmm:FILE, regex:PATTERN, sudoku or py:MODULE:FUNCTION",
+        help="steer towards a higher reward: charge, gravy, hmm:FILE, regex:PATTERN, sudoku, py:MODULE:FUNCTION "
+        "or cap:VALUE:SPEC (min of SPEC's reward and VALUE)",
     )
     p.add_argument("--particles", type=int, default=1, metavar="K", help="particles per sample (1: plain sampling)")
     p.add_argument(

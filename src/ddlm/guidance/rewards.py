@@ -12,6 +12,8 @@ returns a float64 tensor, one finite value per text. A user names one by a SPEC 
     sudoku           satisfied constraints of a grid: over the 27 units (rows, columns, boxes), the
                      number of distinct digits, so 243 exactly when the grid is solved
     py:MODULE:FUNC   a user's callable FUNC(texts) -> numbers, from an importable module or a .py file
+    cap:VALUE:SPEC   min(SPEC's reward, VALUE): for a threshold target ("charge >= 5"), particles are
+                     pushed until the property reaches VALUE and no further
 
 Any Python callable taking a list of strings can also be wrapped directly (`CallableReward`, what the
 Python API does with `reward=f`). A reward that raises, returns the wrong number of values or a value
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
 import os
 import re
 import sys
@@ -210,6 +213,32 @@ class PythonReward(Reward):
 
     def values(self, texts):
         return self.func(texts)
+
+
+@REWARDS.register
+class Capped(Reward):
+    """`cap:VALUE:SPEC`: min(r_SPEC(x), VALUE). Particles target p(x) exp(min(r(x), c) / lambda) / Z: every
+    sample past the threshold c keeps its base-law weight relative to the others past it, so a target
+    such as "net charge >= 5" is reached without pulling the samples to the property's extreme (where
+    a family's sequences are rarest)."""
+
+    name = "cap"
+    argument = "VALUE:SPEC"
+
+    def __init__(self, spec, argument=None):
+        super().__init__(spec)
+        value, _, inner = (argument or "").partition(":")
+        try:
+            self.cap = float(value)
+        except ValueError:
+            self.cap = math.nan
+        if not math.isfinite(self.cap) or not inner:
+            raise UserError(f"--reward {spec}: write cap:VALUE:SPEC with a finite VALUE, e.g. cap:5:charge")
+        self.inner = parse_reward(inner)
+        self.domains = self.inner.domains
+
+    def values(self, texts):
+        return self.inner(texts).clamp(max=self.cap)
 
 
 class CallableReward(Reward):
