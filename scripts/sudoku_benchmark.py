@@ -2,7 +2,7 @@
 with reward-guided particles (`--reward sudoku`: the satisfied unit constraints, issue 26).
 
     python scripts/sudoku_benchmark.py RUN [--givens 30] [--n 200] [--particles 4,16] [--reward-temperature L]
-        [--remask-rate R]
+        [--remask-rate R] [--particle-flags '--order-noise 1']
 
 Each particle row samples K particles per puzzle with the top-margin order, resamples them by the reward
 of their denoised estimates when the effective sample size falls below K/2, and returns the particle with
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +38,12 @@ def main() -> None:
         "--reward-temperature", type=float, default=1.0, help="lambda: one more constraint weighs e^(1/lambda)"
     )
     parser.add_argument("--remask-rate", type=float, help="also let the particles remask (ReMDM-style)")
+    parser.add_argument(
+        "--particle-flags",
+        default="",
+        help="more `ddlm eval` flags for the particle rows, e.g. '--order-noise 1' (particles that sample "
+        "the same confident order and digits stay copies of each other)",
+    )
     args = parser.parse_args()
     results = {}
     for order in filter(None, args.orders.split(",")):
@@ -49,6 +56,8 @@ def main() -> None:
             flags += ["--remask-rate", str(args.remask_rate)]
         name = f"top-margin, reward sudoku, K={k}, lambda {args.reward_temperature}"
         name += f", remask {args.remask_rate}" if args.remask_rate else ""
+        flags += shlex.split(args.particle_flags)
+        name += f", {args.particle_flags}" if args.particle_flags else ""
         results[name] = evaluate(args, *flags)
         print(f"{name}: {results[name]['solved']:.1%}", file=sys.stderr, flush=True)
     out = Path(args.run) / f"sudoku_benchmark_{args.givens}.json"

@@ -103,7 +103,7 @@ def eval_sudoku(args, session: Session) -> tuple[dict, str]:
     givens = args.givens or DIFFICULTY_GIVENS[args.difficulty]
     puzzles, solutions = session.domain.puzzles(args.puzzles, givens, args.n, args.puzzle_seed)
     spec = SampleSpec(steps=args.steps, batch_size=args.batch_size)
-    spec.order = order_policy(args.order, args.order_noise, False, args.threshold)
+    spec.order = order_policy(args.order, args.order_noise, args.remask, args.threshold)
     options = steering_options(args)
     session = api.guided(session, options)
     spec = api.steered_spec(session, spec, options)
@@ -169,7 +169,7 @@ def eval_proteins(args, session: Session) -> tuple[dict, str]:
 
 TASKS = {"likelihood": eval_likelihood, "sudoku": eval_sudoku, "proteins": eval_proteins}
 
-STEERING = ("reward", "particles", "reward_temperature", "resample", "resampler", "pick", "remask_rate",
+STEERING = ("remask", "reward", "particles", "reward_temperature", "resample", "resampler", "pick", "remask_rate",
             "condition", "cfg", "predictor", "target", "guidance", "guide_approx")  # fmt: skip
 
 
@@ -223,6 +223,12 @@ def add_parser(sub) -> None:
         help="sudoku: unmasking order (default: Tweedie, random); --likelihood exact: the sampler's order (top-prob)",
     )
     e.add_argument("--order-noise", type=number(float, 0, 1e6), default=0.0, metavar="G")
+    e.add_argument(
+        "--remask",
+        action="store_true",
+        help="sudoku / proteins: RDM, committed tokens that are outranked return to the mask (implies --order "
+        "top-prob); with --particles, particles can take back early choices",
+    )
     add_threshold_argument(e)
     e.add_argument("--puzzles", help="sudoku: a puzzle file (puzzle,solution or puzzle-only lines)")
     e.add_argument(
