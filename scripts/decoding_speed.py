@@ -36,7 +36,7 @@ import torch
 from ddlm.bench import cpu_description
 from ddlm.domains import domain_from_config
 from ddlm.evaluate.protein import build_family_hmm, composition_kl, hmm_hits, kmer_js
-from ddlm.evaluate.text_quality import generative_perplexity
+from ddlm.evaluate.text_quality import generative_perplexity, unigram_entropy
 from ddlm.ordering import ORDERS
 from ddlm.plots import speed_quality_plot
 from ddlm.run import load_run
@@ -90,16 +90,6 @@ class TextJudge:
 
 
 JUDGES = {"protein": ProteinJudge, "text": TextJudge}
-
-
-def unigram_entropy(ids: torch.Tensor) -> float:
-    """Mean over samples of the entropy (bits) of the sample's own token frequencies."""
-    total = 0.0
-    for row in ids:
-        p = torch.bincount(row).double()
-        p = p[p > 0] / len(row)
-        total += float(-(p * p.log2()).sum())
-    return total / len(ids)
 
 
 def plan(args) -> list[Row]:

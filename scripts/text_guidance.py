@@ -30,18 +30,8 @@ from pathlib import Path
 import torch
 
 import ddlm
-from ddlm.api import sequence_bits
 from ddlm.device import cpu_vector_flags
-
-
-def unigram_entropy(ids: torch.Tensor) -> float:
-    """Mean over samples of the entropy (bits) of the sample's own token frequencies."""
-    total = 0.0
-    for row in ids:
-        p = torch.bincount(row).double()
-        p = p[p > 0] / len(row)
-        total += float(-(p * p.log2()).sum())
-    return total / len(ids)
+from ddlm.evaluate.text_quality import generative_perplexity, unigram_entropy
 
 
 def hit_rate(texts: list[str], word: str) -> tuple[float, float]:
@@ -55,8 +45,7 @@ def gen_ppl(judge: ddlm.Model, samples: ddlm.Samples) -> float:
     """2^(judge's bits per token) over all the samples (the judge reads the sampler's token ids: the two
     runs' tokenizers are checked to be one)."""
     loaded = judge.session.loaded
-    bits = sequence_bits(loaded.net, loaded.objective, samples.ids, 1, 0, judge.session.device)
-    return 2 ** (bits.sum().item() / samples.ids.numel())
+    return generative_perplexity(loaded.net, loaded.objective, samples.ids)
 
 
 def draw(model: ddlm.Model, args, **options) -> tuple[ddlm.Samples, float]:

@@ -17,21 +17,9 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
-from ddlm.evaluate.text_quality import generative_perplexity
+from ddlm.evaluate.text_quality import generative_perplexity, unigram_entropy
 from ddlm.run import load_run
 from ddlm.sampling import SampleSpec, sample_many
-
-
-def unigram_entropy(ids: torch.Tensor) -> float:
-    """Mean over samples of the entropy (bits) of the sample's own token frequencies."""
-    total = 0.0
-    for row in ids:
-        p = torch.bincount(row).double()
-        p = p[p > 0] / len(row)
-        total += float(-(p * p.log2()).sum())
-    return total / len(ids)
 
 
 def main() -> None:
