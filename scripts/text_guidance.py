@@ -24,7 +24,6 @@ import json
 import math
 import re
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -48,13 +47,11 @@ def gen_ppl(judge: ddlm.Model, samples: ddlm.Samples) -> float:
     return generative_perplexity(loaded.net, loaded.objective, samples.ids)
 
 
-def draw(model: ddlm.Model, args, **options) -> tuple[ddlm.Samples, float]:
-    start = time.perf_counter()
-    samples = model.sample(args.n, steps=args.steps, seed=args.seed, batch_size=args.n, **options)
-    return samples, time.perf_counter() - start
+def draw(model: ddlm.Model, args, **options) -> ddlm.Samples:
+    return model.sample(args.n, steps=args.steps, seed=args.seed, batch_size=args.n, **options)
 
 
-def row(name: str, samples: ddlm.Samples, seconds: float, judge: ddlm.Model, words: list[str]) -> dict:
+def row(name: str, samples: ddlm.Samples, judge: ddlm.Model, words: list[str]) -> dict:
     return {
         "mode": name,
         "n": len(samples.texts),
@@ -62,7 +59,7 @@ def row(name: str, samples: ddlm.Samples, seconds: float, judge: ddlm.Model, wor
         "gen_ppl": gen_ppl(judge, samples),
         "entropy_bits": unigram_entropy(samples.ids),
         "nfe": samples.nfe,
-        "seq_per_s": len(samples.texts) / seconds,
+        "seq_per_s": len(samples.texts) / samples.seconds,  # the sampling alone
         "examples": samples.texts[:3],
     }
 
@@ -85,12 +82,12 @@ def main() -> None:
     model, judge = ddlm.load(args.run), ddlm.load(args.judge)
     if model.session.domain.tokenizer().alphabet != judge.session.domain.tokenizer().alphabet:
         raise SystemExit(f"{args.judge} and {args.run} tokenize differently: the judge cannot read the samples")
-    rows = [row("unguided", *draw(model, args), judge, words)]
+    rows = [row("unguided", draw(model, args), judge, words)]
     print(f"unguided: gen-ppl {rows[0]['gen_ppl']:.2f}", file=sys.stderr, flush=True)
     for word in words:
         options = dict(reward=rf"regex:\b{word}\b", particles=args.particles, pick=args.pick)
         options.update(reward_temperature=args.reward_temperature, remask_rate=args.remask_rate)
-        rows.append(row(f"particles, '{word}'", *draw(model, args, **options), judge, [word]))
+        rows.append(row(f"particles, '{word}'", draw(model, args, **options), judge, [word]))
         last = rows[-1]
         print(f"{word}: {last['hits'][word][0]:.0%}, gen-ppl {last['gen_ppl']:.2f}", file=sys.stderr, flush=True)
     settings = {k: v for k, v in vars(args).items() if k != "json"}
