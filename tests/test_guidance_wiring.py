@@ -114,6 +114,8 @@ def test_eval_sudoku_takes_reward_guided_particles(sudoku_run, capsys):
     assert steered["nfe"] > plain["nfe"]  # nfe counts every particle of a puzzle
     remasked = json_out(capsys, [*argv, "--order", "top-margin", "--remask", "--reward", "sudoku", "--particles", "2"])
     assert remasked["steering"]["remask"] == "True" and remasked["order"] == "top-margin"
+    assert main([*argv, "--order", "confidence", "--remask"]) == 2  # the flag reaches the order policy
+    assert "--order confidence commits tokens for good" in capsys.readouterr().err
     assert main([*argv, "--reward", "charge"]) == 2  # a protein reward on a Sudoku run
     assert "charge" in capsys.readouterr().err
 
