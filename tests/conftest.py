@@ -67,6 +67,35 @@ def tiny_run(make_run) -> Path:
     return make_run(steps=40, eval_every=20, checkpoint_every=20, samples=2, **FAMILY_RUN)
 
 
+def make_trainer(run: Path, family: Path, **cfg):
+    """A Trainer of a tiny SEDD network on the synthetic family, fp32, with TrainConfig fields `cfg`."""
+    import torch
+
+    from ddlm.config import RunConfig, TrainConfig
+    from ddlm.data.proteins import load_proteins
+    from ddlm.networks import NetConfig, Transformer
+    from ddlm.train import Trainer
+
+    data = load_proteins(str(family), 48)
+    vocab = data.tokenizer.vocab_size
+    config = RunConfig(data={}, vocab_size=vocab, schedule={"name": "loglinear", "eps": 1e-3})
+    objective = config.build_objective()
+    vocab_in, vocab_out = objective.net_vocab
+    torch.manual_seed(0)
+    net = Transformer(NetConfig(vocab_in, vocab_out, max_len=50, d_model=32, n_layers=2, n_heads=2))
+    settings = dict(batch_size=16, log_every=1, eval_every=1000, checkpoint_every=1000, precision="fp32", **cfg)
+    return Trainer(
+        run,
+        objective,
+        net,
+        data.train,
+        data.heldout,
+        data.tokenizer.real_tokens,
+        TrainConfig(**settings),
+        torch.device("cpu"),
+    )
+
+
 def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `python -m ddlm` in a subprocess: exit codes and stderr exactly as a user sees them."""
     full_env = {**os.environ, **(env or {})}

@@ -21,14 +21,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAMILY_RUN, train_argv
+from conftest import FAMILY_RUN, make_trainer, train_argv
 from safetensors.torch import load_file
 
 from ddlm.checkpoint import CheckpointDir
 from ddlm.cli import main
-from ddlm.config import RunConfig, TrainConfig
-from ddlm.data.proteins import load_proteins
-from ddlm.networks import NetConfig, Transformer
 from ddlm.run import load_run
 from ddlm.train import StopTraining, Trainer
 
@@ -390,27 +387,6 @@ def test_run_directory_of_pickles_is_refused(tmp_path, capsys, no_unpickling, na
 
 
 # --- 4. the non-finite guard ----------------------------------------------------------------------
-
-
-def make_trainer(run: Path, family: Path, **cfg) -> Trainer:
-    data = load_proteins(str(family), 48)
-    vocab = data.tokenizer.vocab_size
-    config = RunConfig(data={}, vocab_size=vocab, schedule={"name": "loglinear", "eps": 1e-3})
-    objective = config.build_objective()
-    vocab_in, vocab_out = objective.net_vocab
-    torch.manual_seed(0)
-    net = Transformer(NetConfig(vocab_in, vocab_out, max_len=50, d_model=32, n_layers=2, n_heads=2))
-    settings = dict(batch_size=16, log_every=1, eval_every=1000, checkpoint_every=1000, precision="fp32", **cfg)
-    return Trainer(
-        run,
-        objective,
-        net,
-        data.train,
-        data.heldout,
-        data.tokenizer.real_tokens,
-        TrainConfig(**settings),
-        torch.device("cpu"),
-    )
 
 
 def nan_at(trainer: Trainer, bad_steps) -> None:

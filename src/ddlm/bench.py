@@ -191,6 +191,7 @@ class Setup:
     device: torch.device
     precision: str
     amp: torch.dtype | None
+    compile: bool = False  # ddlm's training step compiled (torch.compile); every new shape compiles once
 
     def new_trainer(self, run_dir: Path, batch: int, length: int) -> Trainer:
         """A fresh network and optimiser on random protein-sized data of `length` positions."""
@@ -198,7 +199,7 @@ class Setup:
         net = Transformer(self.net_cfg)
         gen = torch.Generator().manual_seed(0)
         data = torch.randint(0, VOCAB, (DATA_BATCHES * batch, length), generator=gen)
-        cfg = TrainConfig(batch_size=batch, precision=self.precision)
+        cfg = TrainConfig(batch_size=batch, precision=self.precision, compile=self.compile)
         # every position of random data is a real token: tokens = positions
         return Trainer(run_dir, self.objective, net, data, data[:1], count_positions, cfg, self.device)
 
@@ -420,7 +421,8 @@ def make_setup(args) -> Setup:
     net_cfg = NetConfig(
         vocab_in, vocab_out, max_len, time_conditioning=False, positions="rotary", **PRESETS[args.preset]
     )
-    return Setup(objective, net_cfg, device, args.precision, autocast_dtype(args.precision, device))
+    amp = autocast_dtype(args.precision, device)
+    return Setup(objective, net_cfg, device, args.precision, amp, args.compile)
 
 
 def measure_peaks(setup: Setup, seconds: float, say: Progress) -> dict:
@@ -454,6 +456,7 @@ def measure_training(setup: Setup, trainer: Trainer, args, peaks: dict, say: Pro
     flops = train_flops_per_token(trainer.net, args.length)
     achieved = train["tokens_per_s"] * flops / 1e9
     train.update(precision=precision, flops_per_token=flops, achieved_gflops=achieved, mfu=achieved / peaks[precision])
+    train["compiled"] = setup.compile
     timed = ref_times[WARMUP_STEPS:]
     ref_step_s = sum(timed) / len(timed)
     ref_tokens_per_s = args.batch_size * args.length / ref_step_s
@@ -559,7 +562,8 @@ def format_table(r: dict) -> str:
         f"model     preset {r['preset']}: {r['parameters'] / 1e6:.2f}M parameters "
         f"({r['non_embedding_parameters'] / 1e6:.2f}M non-embedding); SEDD absorbing, {VOCAB} tokens + mask",
         f"peak      {peaks}   (best square matmul)",
-        f"train     batch {t['batch_size']} x {t['length']}, {t['precision']}: {t['tokens_per_s']:,.0f} tokens/s, "
+        f"train     batch {t['batch_size']} x {t['length']}, {t['precision']}"
+        f"{', compiled' if t.get('compiled') else ''}: {t['tokens_per_s']:,.0f} tokens/s, "
         f"{t['step_ms']:.1f} ms/step (median {t['step_ms_median']:.1f}), {t['achieved_gflops']:.1f} GFLOP/s, "
         f"MFU {t['mfu']:.1%} of the {t['precision']} peak",
         *reference_lines(r),

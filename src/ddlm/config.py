@@ -39,6 +39,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     precision: str = "auto"
+    compile: bool = False  # torch.compile the training forward and backward (a session's choice, like precision)
     max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
     keep_best: bool = False  # keep the EMA weights of the best validation bound (checkpoints/best.*)
     patience: int | None = None  # stop after this many evaluations without a better validation bound
@@ -157,7 +158,7 @@ class RunConfig:
         given = {f: v for f in owners if (v := getattr(args, option_dest(f))) is not None}
         options = {o.keyword: given.get(o.flag, o.default) for o in objective.options}
         options = objective.settle_options(options, args.process)
-        train = TrainConfig(seed=args.seed, precision=args.precision)
+        train = TrainConfig(seed=args.seed, precision=args.precision, compile=args.compile)
         train = replace(train, **{k: getattr(args, k) for k in TrainConfig.FLAGS if getattr(args, k) is not None})
         config = cls(
             data=data,

@@ -113,13 +113,18 @@ class Trainer:
         # The noise generator has the same seed on every rank: the noise of the global batch is drawn
         # identically everywhere and each rank uses its rows' share (see distributed.py).
         self.gen = torch.Generator(device).manual_seed(cfg.seed)
-        self.model: torch.nn.Module = self.net  # what the forward pass calls: the DDP wrapper when distributed
+        # what the loss calls: the network, in the DDP wrapper when distributed, compiled with --compile
+        self.model: torch.nn.Module = self.net
         if self.world.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
             self.rows = self.world.rows(cfg.batch_size)
             torch.manual_seed(cfg.seed + self.world.rank)  # dropout: a different stream on each rank
             self.model = DistributedDataParallel(self.net, device_ids=[device] if device.type == "cuda" else None)
+        if cfg.compile:
+            # inductor fuses the network's element-wise work (GELU, norms, casts) into its products; the
+            # parameters, checkpoints and EMA stay the plain module's (the compiled one shares them)
+            self.model = torch.compile(self.model)
         self.step = 0
         self.horizon: int | None = None  # the steps the run will take, for the learning-rate schedule
         self.lr_schedule = LR_SCHEDULES[cfg.lr_schedule]()
@@ -210,7 +215,7 @@ class Trainer:
         x0 = self.batches(self.step).to(self.device, non_blocking=True)
         if self.world.distributed:
             return self._train_step_distributed(x0)
-        net = self.net if self.labels is None else Labelled(self.net, self.labels(self.step).to(self.device))
+        net = self.model if self.labels is None else Labelled(self.model, self.labels(self.step).to(self.device))
         with autocast(self.device, self.amp):
             per_seq = self.objective.training_loss(net, x0, generator=self.gen)
             per_seq = per_seq + self.objective.length_nll(self.net, x0)

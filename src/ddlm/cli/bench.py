@@ -47,6 +47,11 @@ def add_parser(subparsers) -> None:
     b.add_argument(
         "--seconds", type=positive_float, default=10.0, help="measuring time per matmul peak and for training (10)"
     )
+    b.add_argument(
+        "--compile",
+        action="store_true",
+        help="time ddlm's training step compiled, as `ddlm train --compile` runs it (the reference stays eager)",
+    )
     b.add_argument("--scaling", action="store_true", help="also cost against sequence length and batch size")
     b.add_argument(
         "--scaling-lengths",

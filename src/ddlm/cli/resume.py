@@ -23,7 +23,7 @@ from ..errors import UserError
 # flags of this session only: they never change what the run computes (--data is required on every
 # command line, so it is checked on its own: the same name, or a path to the same file)
 SESSION = {"data", "out", "resume", "steps", "time_budget", "samples", "sample_steps", "eval_time_samples",
-           "json", "quiet", "device", "precision"}  # fmt: skip
+           "json", "quiet", "device", "precision", "compile"}  # fmt: skip
 OPERATIONAL = SESSION | set(TrainConfig.OPERATIONAL)
 
 
