@@ -92,6 +92,7 @@ def test_training_figures_and_mfu(bench_run):
     assert train["precision"] in bench_run[0]["peak_gflops"]
     assert 0 < train["mfu"] <= 1  # achieved model FLOP/s cannot beat the best plain matrix product
     assert train["batch_size"] == 8 and train["length"] == LENGTH
+    assert train["compiled"] is False  # the record says which step it timed
 
 
 def test_sampling_nfe_bounds(bench_run):
@@ -198,3 +199,14 @@ def test_bad_scaling_list_is_rejected(bad, capsys):
     with pytest.raises(SystemExit) as exc:
         parse(["--scaling-lengths", bad])
     assert exc.value.code == 2
+
+
+def test_compile_flag_reaches_the_timed_trainer(tmp_path):
+    """`ddlm bench --compile` times the trainer `ddlm train --compile` builds; without it, the eager one."""
+    from ddlm.bench import make_setup
+
+    for argv, compiled in (([], False), (["--compile"], True)):
+        setup = make_setup(parse([*TINY, *argv]))
+        trainer = setup.new_trainer(tmp_path / str(compiled), 8, LENGTH)
+        assert setup.compile is compiled and trainer.cfg.compile is compiled
+        assert isinstance(trainer.model, torch._dynamo.eval_frame.OptimizedModule) is compiled
