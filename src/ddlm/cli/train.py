@@ -313,8 +313,8 @@ def add_parser(sub) -> None:
         action=argparse.BooleanOptionalAction,
         default=False,
         help="compile the training step's network with torch.compile (inductor): a minute or two of compiling, "
-        "then faster bf16 steps on a CPU; the same loss, rounded differently, and other dropout draws "
-        "(kept on --resume unless --no-compile)",
+        "then faster steps for wide networks of fixed length (the README's Speed section says where it lost); "
+        "the same loss, rounded differently, and other dropout draws (kept on --resume unless --no-compile)",
     )
     t.set_defaults(func=cmd_train, os_error_hint=os_error_hint)
 
