@@ -12,6 +12,7 @@ from ddlm.checkpoint import CheckpointDir
 from ddlm.cli import main
 from ddlm.data import proteins, splits
 from ddlm.data.fasta import write_fasta
+from ddlm.data.text import load_saved as text_split
 from ddlm.errors import UserError
 from ddlm.run import load_run
 
@@ -226,3 +227,24 @@ def test_split_flags_on_text_data_are_refused(tmp_path, capsys):
     text.write_text("once upon a time " * 200)
     assert main(train_argv(text, tmp_path / "run", steps=2, split="identity:0.5")) == 2
     assert "--split: applies to FASTA data only" in capsys.readouterr().err
+
+
+def test_text_run_keeps_its_best_on_a_validation_part(tmp_path):
+    """Text with --patience: a validation part of 5% of the documents is carved and saved, chosen on, kept
+    by --keep-best, checked again on --resume; the held-out part is the one a run without it has."""
+    text = tmp_path / "stories.txt"
+    words = "the cat sat on a mat and then a dog ran to the park with a red ball".split()
+    rng = random.Random(0)
+    text.write_text("\n\n".join(" ".join(rng.choices(words, k=30)) for _ in range(300)))
+    out = tmp_path / "run"
+    flags = dict(steps=20, eval_every=5, keep_best=True, patience=50, samples=0, seq_len=32, objective="mdlm")
+    assert main(train_argv(text, out, **flags)) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["data"]["validation_fraction"] == 0.05
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    valid = {r["step"]: r["valid_bits_per_token"] for r in records if "valid_bits_per_token" in r}
+    assert sorted(valid) == [5, 10, 15, 20] and CheckpointDir(out).best().step == min(valid, key=valid.get)
+    plain = tmp_path / "plain"
+    assert main(train_argv(text, plain, steps=1, samples=0, seq_len=32)) == 0
+    assert torch.equal(text_split(out).heldout, text_split(plain).heldout) and text_split(plain).validation is None
+    assert main(["train", "--out", str(out), "--resume", "--steps", "25", "--samples", "0", "--quiet"]) == 0

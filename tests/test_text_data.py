@@ -298,6 +298,26 @@ def test_max_docs(tmp_path):
         T.load_splits("tinyshakespeare", max_docs=10)
 
 
+def test_validation_part_is_a_salted_hash_of_the_training_documents(tmp_path):
+    docs = many_docs(400)
+    s = T.load_splits(str(write(tmp_path / "a.txt", "\n\n".join(docs))), validation_fraction=0.1)
+    plain = T.load_splits(str(write(tmp_path / "b.txt", "\n\n".join(docs))))
+    assert s.heldout == plain.heldout  # the held-out part does not move
+    assert sorted(s.train + s.validation) == sorted(plain.train) and not set(s.train) & set(s.validation)
+    salted = [
+        d
+        for d in plain.train
+        if hashlib.sha256(("validation:" + d).encode()).digest()[:8] < bytes.fromhex("199999999999999a")
+    ]
+    assert s.validation == salted  # the lowest 10% of SHA-256("validation:" + text), computed apart
+    assert 0.05 * len(plain.train) < len(s.validation) < 0.15 * len(plain.train)
+    one = T.load_splits(str(write(tmp_path / "one.txt", "x" * 900 + "y" * 100)), validation_fraction=0.1)
+    assert one.validation == [("x" * 900 + "y" * 100)[855:950]] and one.train == ["x" * 855]  # the stream's end
+    few = write(tmp_path / "c.txt", "\n\n".join(docs[:200]))
+    with pytest.raises(UserError, match=r"--validation-fraction 1e-09: none of the \d+ training documents"):
+        T.load_splits(str(few), validation_fraction=1e-9)
+
+
 # ------------------------------------------------------------------------------------------------
 # Named data sets (local shared files)
 
@@ -318,6 +338,11 @@ def test_tinystories_local(shared_env):
     assert data.train.shape == (data.info["train_tokens"] // 256, 256)
     assert data.info["train_tokens"] == len(train_text) - 1  # 1039 EOTs replace 1039 story breaks
     assert T.load_splits("tinystories", max_docs=7).train == s.train[:7]
+    small = T.load_splits("tinystories", max_docs=50, validation_fraction=0.05)
+    large = T.load_splits("tinystories", max_docs=200, validation_fraction=0.05)
+    assert small.validation == large.validation and len(small.validation) > 20  # one part for every N
+    assert small.train == large.train[:50] and not set(large.train) & set(large.validation)
+    assert sorted(large.validation + T.load_splits("tinystories", validation_fraction=0.05).train) == sorted(s.train)
 
 
 @needs_shared
@@ -347,7 +372,16 @@ def test_save_and_load_split(tmp_path, tokenizer):
     assert back.tokenizer.config() == data.tokenizer.config()
     assert back.info == data.info
     assert back.tokenizer.decode(back.heldout[0]) == data.tokenizer.decode(data.heldout[0])
+    assert back.validation is None
     from safetensors.torch import save_file
+
+    run2 = tmp_path / "run2"  # fewer training documents: a BPE of its own
+    with_valid = T.load_text(str(path), tokenizer, seq_len=16, run_dir=run2, validation_fraction=0.2)
+    T.save_split(with_valid, run2)
+    assert torch.equal(T.load_saved(run2).validation, with_valid.validation) and len(with_valid.validation) > 0
+    save_file({"heldout": with_valid.heldout}, str(run2 / "heldout.safetensors"))  # the validation part lost
+    with pytest.raises(UserError, match="validation: missing"):
+        T.load_saved(run2)
 
     tampered = data.heldout.clone()
     tampered[0, 0] = (tampered[0, 0] + 1) % data.tokenizer.vocab_size

@@ -143,9 +143,7 @@ def split_config(args) -> dict:
     cfg = {}
     if getattr(args, "split", None) is not None:
         cfg["split"] = split_from_spec(args.split).spec  # checked now: a bad spec stops before anything is written
-    fraction = getattr(args, "validation_fraction", None)
-    if fraction is None and (cfg or getattr(args, "keep_best", False) or getattr(args, "patience", None)):
-        fraction = DEFAULT_VALIDATION_FRACTION
+    fraction = validation_fraction(args, default=bool(cfg))
     if fraction:
         cfg["validation_fraction"] = fraction
     if getattr(args, "train_records", None) is not None:
@@ -153,12 +151,23 @@ def split_config(args) -> dict:
     return cfg
 
 
-def refuse_labels(domain: type[Domain], args) -> None:
+def validation_fraction(args, default: bool = False) -> float | None:
+    """--validation-fraction, or 5% when a flag that chooses on a validation part (--keep-best,
+    --patience, or `default`) asks for one."""
+    fraction = getattr(args, "validation_fraction", None)
+    if fraction is None and (default or getattr(args, "keep_best", False) or getattr(args, "patience", None)):
+        fraction = DEFAULT_VALIDATION_FRACTION
+    return fraction
+
+
+def refuse_labels(
+    domain: type[Domain], args, split_flags: tuple[str, ...] = ("split", "validation_fraction", "train_records")
+) -> None:
     """--labels and --label-dropout are for data whose records carry labels (FASTA, for now); the split
-    flags for a family of records (FASTA) too."""
+    flags (`split_flags`) for a family of records (FASTA) too."""
     if getattr(args, "labels", None) is not None or getattr(args, "label_dropout", None) is not None:
         raise UserError(f"--labels: labelled records are read from FASTA data only, not {domain.name} data")
-    for flag in ("split", "validation_fraction", "train_records"):
+    for flag in split_flags:
         if getattr(args, flag, None) is not None:
             raise UserError(f"--{flag.replace('_', '-')}: applies to FASTA data only, not {domain.name} data")
 
@@ -369,13 +378,16 @@ class TextDomain(Domain):
 
     @classmethod
     def config_from_flags(cls, spec, args):
-        refuse_labels(cls, args)
+        refuse_labels(cls, args, split_flags=("split", "train_records"))  # --max-docs is text's subset
+        fraction = validation_fraction(args)
         return {
             "spec": spec,
             "kind": cls.name,
             "tokenizer": args.tokenizer,
             "seq_len": args.seq_len,
             "max_docs": args.max_docs,
+            # present only with a validation part, so a run's config is as before without one
+            **({"validation_fraction": fraction} if fraction else {}),
         }
 
     @property
@@ -392,12 +404,19 @@ class TextDomain(Domain):
             self._tokenizer = tokenizer_from_config(config["tokenizer"], self.run_dir)
         return self._tokenizer
 
+    def _read(self):
+        from .data import text
+
+        cfg = self.cfg
+        return text.load_text(
+            cfg["spec"], cfg.get("tokenizer", "char"), self.length, self.run_dir, cfg.get("max_docs"),
+            cfg.get("validation_fraction", 0.0),
+        )  # fmt: skip
+
     def prepare(self):
         from .data import text
 
-        data = text.load_text(
-            self.cfg["spec"], self.cfg.get("tokenizer", "char"), self.length, self.run_dir, self.cfg.get("max_docs")
-        )
+        data = self._read()
         text.save_split(data, self.run_dir)
         self._tokenizer = data.tokenizer
         return data.train, data.heldout, data.info
@@ -405,11 +424,11 @@ class TextDomain(Domain):
     def reload(self):
         from .data import text
 
-        data = text.load_text(
-            self.cfg["spec"], self.cfg.get("tokenizer", "char"), self.length, self.run_dir, self.cfg.get("max_docs")
+        data, saved = self._read(), text.load_saved(self.run_dir)
+        same_validation = (saved.validation is None) == (data.validation is None) and (
+            saved.validation is None or torch.equal(saved.validation, data.validation)
         )
-        saved = text.load_saved(self.run_dir)
-        if not torch.equal(saved.heldout, data.heldout):
+        if not torch.equal(saved.heldout, data.heldout) or not same_validation:
             raise UserError(f"--data {self.cfg['spec']}: the text has changed since the run was started")
         return data.train, data.heldout, data.info
 
@@ -417,6 +436,11 @@ class TextDomain(Domain):
         from .data import text
 
         return text.load_saved(self.run_dir).heldout
+
+    def validation(self):
+        from .data import text
+
+        return text.load_saved(self.run_dir).validation if "validation_fraction" in self.cfg else None
 
     def per_token_extras(self, bits_per_token: float) -> dict:
         """Bits per character = bits per token / characters per token of the held-out split."""
@@ -427,8 +451,9 @@ class TextDomain(Domain):
 
     def describe(self, info: dict) -> str:
         return (
-            f"{info.get('train_sequences', '?')} training and {info.get('heldout_sequences', '?')} held-out "
-            f"sequences of {self.length} tokens"
+            f"{info.get('train_sequences', '?')} training"
+            + (f", {info['validation']['sequences']} validation" if "validation" in info else "")
+            + f" and {info.get('heldout_sequences', '?')} held-out sequences of {self.length} tokens"
         )
 
 

@@ -126,7 +126,8 @@ def create_run(args, world: World, run_dir: Path, held: ExitStack) -> TrainingRu
         config = config.with_data(domain, domain.tokenizer())
         if (config.train.keep_best or config.train.patience) and domain.validation() is None:
             raise UserError(
-                "--keep-best and --patience choose on a validation part: give --validation-fraction F (FASTA data)"
+                "--keep-best and --patience choose on a validation part: "
+                "give --validation-fraction F (FASTA or text data)"
             )
     except BaseException:
         if created:
@@ -398,8 +399,8 @@ def add_data_arguments(t) -> None:
     t.add_argument(
         "--validation-fraction",
         type=number(float, 0, 1, high_open=True),
-        help="proteins: the part kept for checkpoint selection and early stopping, apart from the held-out "
-        "test part (0.05 with --split, --keep-best or --patience; else none)",
+        help="proteins and text: the part kept for checkpoint selection and early stopping, apart from the "
+        "held-out test part (0.05 with --split, --keep-best or --patience; else none)",
     )
     t.add_argument(
         "--train-records",

@@ -39,6 +39,13 @@ Tokenizers (`--tokenizer`):
 In both, the end-of-text token (EOT) is added only between documents: a literal ``<|endoftext|>`` in
 the text is encoded as ordinary characters/bytes, and `decode` shows the EOT as ``<|endoftext|>``.
 
+Validation (`--validation-fraction F`, for checkpoint choice and early stopping): a third part, apart from
+the training and held-out ones. Of many documents, those whose SHA-256 of ``"validation:" + text`` falls in
+the lowest F (salted, so independent of the held-out choice); of one stream, the last F of the training
+characters. For TinyStories read from disk the validation stories are chosen among all of ``train.txt``'s
+stories before ``--max-docs`` takes the first N of the rest, so runs of different N share one validation
+part; elsewhere they are chosen among the training documents that ``--max-docs`` kept.
+
 Packing: the documents of a split are joined with EOT (``d1 EOT d2 EOT ... dn``, no EOT after the last),
 the token stream is cut into consecutive sequences of ``seq_len`` tokens (`--seq-len`) and the last partial
 one is dropped (``info["<split>_tokens_dropped"]``). Every position of a sequence is a real token.
@@ -63,6 +70,7 @@ from ..errors import UserError
 from ..rundir import HELDOUT_TENSORS, TEXT_SPLIT, TOKENIZER
 from .proteins import is_heldout
 from .sources import RemoteFile, cache_dir, read_user_text, resolve, sha256_of
+from .splits import digest
 from .tokenizers import CharTokenizer
 
 EOT = "<|endoftext|>"
@@ -319,6 +327,31 @@ class TextSplits:
     train: list[str]
     heldout: list[str]
     info: dict = field(default_factory=dict)
+    validation: list[str] = field(default_factory=list)
+
+
+def carve_validation(docs: list[str], fraction: float) -> tuple[list[str], list[str], str]:
+    """(training, validation, how it was chosen): the documents whose salted SHA-256 falls in the lowest
+    `fraction`, or, of a single document, its last `fraction` of characters."""
+    if len(docs) == 1:
+        train, valid = _split_stream(docs[0], fraction)
+        return [train], [valid], f"the last {fraction:g} of the training characters"
+    valid = [d for d in docs if digest("validation:" + d) < fraction]
+    train = [d for d in docs if digest("validation:" + d) >= fraction]
+    if not valid or not train:
+        side = "validation" if not valid else "training"
+        raise UserError(
+            f"--validation-fraction {fraction:g}: none of the {len(docs)} training documents falls in the {side} "
+            "part (chosen by SHA-256); use more documents or another fraction"
+        )
+    return train, valid, f"{fraction:g} of the training documents, chosen by SHA-256 of their text"
+
+
+def _with_validation(splits: TextSplits, fraction: float) -> TextSplits:
+    if not fraction or splits.validation:
+        return splits
+    train, valid, how = carve_validation(splits.train, fraction)
+    return TextSplits(train, splits.heldout, {**splits.info, "validation_split": how}, valid)
 
 
 def read_text_file(path: Path, flag: str | None = None) -> str:
@@ -351,14 +384,17 @@ def _check_max_docs(name: str, max_docs: int | None) -> None:
         raise UserError(f"--max-docs {max_docs}: --data {name} is one continuous text, it has no documents to count")
 
 
-def _tinystories(max_docs: int | None) -> TextSplits:
+def _tinystories(max_docs: int | None, validation_fraction: float = 0.0) -> TextSplits:
     train_path, val_path = _local("tinystories/train.txt"), _local("tinystories/validation.txt")
     if max_docs is not None and max_docs < 1:
         raise UserError(f"--max-docs {max_docs}: must be at least 1")
     if train_path and val_path:
         stories = TINYSTORIES_STORY_BREAK.split(_without_final_newline(read_text_file(train_path, "--data")))
         stories = [s for s in stories if s]
-        total = len(stories)
+        total, valid, how = len(stories), [], {}
+        if validation_fraction:  # before --max-docs, so that runs of any N share one validation part
+            stories, valid, chosen = carve_validation(stories, validation_fraction)
+            how = {"validation_split": chosen + " (all of the file's stories, before --max-docs)"}
         stories = stories[:max_docs] if max_docs else stories
         return TextSplits(
             stories,
@@ -370,7 +406,9 @@ def _tinystories(max_docs: int | None) -> TextSplits:
                 "heldout_sha256": sha256_of(val_path),
                 "documents_in_file": total,
                 "heldout_split": "validation.txt as one continuous stream (story boundaries are not recoverable)",
+                **how,
             },
+            valid,
         )
     n_train = max_docs or 20000
     n_val = max(1, n_train // 10) if max_docs else 2000
@@ -474,10 +512,11 @@ def _text_file(path: Path, max_docs: int | None) -> TextSplits:
     return TextSplits(train, held, {**info, "heldout_split": "5% of documents, chosen by SHA-256 of their text"})
 
 
-def load_splits(spec: str, max_docs: int | None = None) -> TextSplits:
-    """The train and held-out documents of `--data spec` (a data set name or a text file's path)."""
+def load_splits(spec: str, max_docs: int | None = None, validation_fraction: float = 0.0) -> TextSplits:
+    """The train, held-out and (with `validation_fraction`) validation documents of `--data spec` (a data
+    set name or a text file's path)."""
     if spec == "tinystories":
-        splits = _tinystories(max_docs)
+        splits = _tinystories(max_docs, validation_fraction)
     elif spec == "tinyshakespeare":
         splits = _tinyshakespeare(max_docs)
     elif spec == "text8":
@@ -487,6 +526,7 @@ def load_splits(spec: str, max_docs: int | None = None) -> TextSplits:
         if not path.exists():
             raise UserError(f"--data {spec}: not a data set name ({', '.join(NAMES)}) and no such file")
         splits = _text_file(path, max_docs)
+    splits = _with_validation(splits, validation_fraction)
     splits.info = {"data": spec, **splits.info}
     return splits
 
@@ -502,6 +542,7 @@ class TextData:
     train: torch.Tensor  # [N, length] int64
     heldout: torch.Tensor  # [M, length] int64
     info: dict
+    validation: torch.Tensor | None = None  # [K, length] int64, with --validation-fraction
 
 
 def encode_stream(tokenizer: TextTokenizer, docs: list[str]) -> tuple[torch.Tensor, int]:
@@ -532,6 +573,7 @@ def load_text(
     seq_len: int = 256,
     run_dir: Path | None = None,
     max_docs: int | None = None,
+    validation_fraction: float = 0.0,
 ) -> TextData:
     """Read `--data spec`, build the tokenizer on the training split, and pack both splits into sequences.
 
@@ -552,7 +594,7 @@ def load_text(
     n_bpe = parse_tokenizer_spec(tokenizer)
     if seq_len < 1:
         raise UserError(f"--seq-len {seq_len}: must be at least 1")
-    splits = load_splits(spec, max_docs)
+    splits = load_splits(spec, max_docs, validation_fraction)
     if n_bpe is None:
         tok: TextTokenizer = TextCharTokenizer.from_text(splits.train)
     else:
@@ -603,7 +645,24 @@ def load_text(
         "heldout_kept_chars": kept_chars,
         "heldout_chars_per_token": kept_chars / held.numel(),
     }
-    return TextData(tok, seq_len, train, held, info)
+    validation = None
+    if splits.validation:
+        validation, info["validation"] = _pack_validation(tok, splits.validation, seq_len, spec)
+    return TextData(tok, seq_len, train, held, info, validation)
+
+
+def _pack_validation(tok: TextTokenizer, docs: list[str], seq_len: int, spec: str) -> tuple[torch.Tensor, dict]:
+    """The validation documents packed as the other parts are, and their counts."""
+    stream, unk = encode_stream(tok, docs)
+    packed, dropped = pack(stream, seq_len)
+    if len(packed) == 0:
+        raise UserError(
+            f"--data {spec}: the validation part has {stream.numel()} tokens, fewer than one sequence of "
+            f"--seq-len {seq_len}; raise --validation-fraction"
+        )
+    info = {"documents": len(docs), "chars": sum(map(len, docs)), "tokens": stream.numel(),
+            "sequences": len(packed), "tokens_dropped": dropped, "unk_chars": unk}  # fmt: skip
+    return packed, info
 
 
 # ------------------------------------------------------------------------------------------------
@@ -625,20 +684,20 @@ def save_split(data: TextData, run_dir: Path) -> None:
         path = run_dir / BPETokenizer.FILE
         if not path.is_file() or path.read_text(encoding="utf-8") != data.tokenizer.to_str():
             data.tokenizer.save_to(run_dir)
-    heldout = data.heldout.to(torch.long).contiguous()
-    save_file({"heldout": heldout}, str(run_dir / HELDOUT_TENSORS))
-    record = {
-        "seq_len": data.length,
-        "tokenizer": data.tokenizer.config(),
-        "heldout_shape": list(heldout.shape),
-        "heldout_sha256": _tensor_sha256(heldout),
-        "info": data.info,
-    }
+    parts = {"heldout": data.heldout.to(torch.long).contiguous()}
+    if data.validation is not None:
+        parts["validation"] = data.validation.to(torch.long).contiguous()
+    save_file(parts, str(run_dir / HELDOUT_TENSORS))
+    record = {"seq_len": data.length, "tokenizer": data.tokenizer.config()}
+    for name, t in parts.items():
+        record.update({f"{name}_shape": list(t.shape), f"{name}_sha256": _tensor_sha256(t)})
+    record["info"] = data.info
     (run_dir / TEXT_SPLIT).write_text(json.dumps(record, indent=1, ensure_ascii=False), encoding="utf-8")
 
 
 def load_saved(run_dir: Path) -> TextData:
-    """The run's tokenizer and held-out sequences as `save_split` stored them (train is an empty [0, L] tensor)."""
+    """The run's tokenizer, held-out and validation sequences as `save_split` stored them (train is an
+    empty [0, L] tensor)."""
     from safetensors.torch import load_file
 
     run_dir = Path(run_dir)
@@ -651,18 +710,26 @@ def load_saved(run_dir: Path) -> TextData:
         raise UserError(f"{split_path}: not valid JSON ({e})") from None
     tok = tokenizer_from_config(record["tokenizer"], run_dir)
     try:
-        heldout = load_file(str(held_path))["heldout"]
+        tensors = load_file(str(held_path))
+        heldout = tensors["heldout"]
     except FileNotFoundError:
         raise UserError(f"{held_path}: missing; this run has no saved held-out split") from None
     except Exception as e:
         raise UserError(f"{held_path}: not a readable safetensors file with a 'heldout' tensor ({e})") from None
     L = record["seq_len"] if "seq_len" in record else record["block_size"]  # runs before the rename
-    if (
-        heldout.dtype != torch.long
-        or list(heldout.shape) != record["heldout_shape"]
-        or _tensor_sha256(heldout) != record["heldout_sha256"]
-    ):
-        raise UserError(f"{held_path}: does not match {split_path} (shape, dtype or SHA-256 differ)")
-    if heldout.numel() and (heldout.min() < 0 or heldout.max() >= tok.vocab_size):
-        raise UserError(f"{held_path}: holds ids outside the tokenizer's {tok.vocab_size} tokens")
-    return TextData(tok, L, torch.zeros(0, L, dtype=torch.long), heldout, record["info"])
+    names = ["heldout"] + (["validation"] if "validation_sha256" in record else [])
+    for name in names:
+        t = tensors.get(name)
+        if (
+            t is None
+            or t.dtype != torch.long
+            or list(t.shape) != record[f"{name}_shape"]
+            or _tensor_sha256(t) != record[f"{name}_sha256"]
+        ):
+            raise UserError(
+                f"{held_path}: does not match {split_path} ({name}: missing, or shape, dtype or SHA-256 differ)"
+            )
+        if t.numel() and (t.min() < 0 or t.max() >= tok.vocab_size):
+            raise UserError(f"{held_path}: holds ids outside the tokenizer's {tok.vocab_size} tokens")
+    validation = tensors["validation"] if "validation" in names else None
+    return TextData(tok, L, torch.zeros(0, L, dtype=torch.long), heldout, record["info"], validation)
