@@ -4,7 +4,9 @@ For every run RUNS/<objective>-<records>-s<seed>: the validation bound against e
 (metrics.jsonl), the test bound at the best validation checkpoint (the run's summary), the exact
 likelihood of masked diffusion as it samples with --order top-prob (`ddlm eval --likelihood exact`) beside
 the bound on the same records, and the samples of the best checkpoint: profile-HMM hits and identity to the
-nearest training record (`ddlm eval --samples`), and the fraction identical to a training record.
+nearest training record (`ddlm eval --samples`), and the fraction identical to a training record. Text
+runs (DATA=tinystories in scripts/data_constrained.sh) have no HMM: their samples are measured by how
+much of them is copied, the fraction of each sample's 32-character windows found verbatim in the training text.
 
     python scripts/data_constrained.py RUNS [--exact-sequences 300] [--out docs/data_constrained]
 """
@@ -66,6 +68,10 @@ def measure(run: Path, exact_sequences: int) -> dict:
     return row
 
 
+def is_text(run: Path) -> bool:
+    return json.loads((run / "config.json").read_text())["data"]["kind"] == "text"
+
+
 def measure_afresh(run: Path, summary: dict, exact_sequences: int) -> dict:
     row = {
         "steps": summary["steps"],
@@ -76,27 +82,53 @@ def measure_afresh(run: Path, summary: dict, exact_sequences: int) -> dict:
         "test_se": summary["heldout"].get("mc_standard_error", 0.0),
         "bound": summary["heldout"]["bound"],
     }
-    if summary["heldout"]["bound"] != "exact":
-        n = str(exact_sequences)
+    objective = json.loads((run / "config.json").read_text())["objective"]
+    if summary["heldout"]["bound"] != "exact" and objective != "bd3lm":  # DUEL orders a whole sequence at once
+        n = str(exact_sequences // 6 if is_text(run) else exact_sequences)  # a text sequence is 256 steps long
         exact = ddlm("eval", str(run), "--likelihood", "exact", "--max-sequences", n)
         bound = ddlm("eval", str(run), "--max-sequences", n, "--time-samples", "8")
         row["exact_subset"] = {
-            "sequences": exact_sequences,
+            "sequences": int(n),
             "exact_bits": exact["bits_per_token"],
             "bound_bits": bound["bits_per_token"],
             "bound_se": bound["mc_standard_error"],
         }
+    row["samples"] = text_copies(run) if is_text(run) else protein_samples(run)
+    return row
+
+
+def protein_samples(run: Path) -> dict:
     metrics = ddlm("eval", str(run), "--samples", str(run / "samples.fasta"))["samples"]
     train = set(json.loads((run / "split.json").read_text())["train_ids"])
     samples = [line.strip() for line in (run / "samples.fasta").read_text().splitlines() if not line.startswith(">")]
     train_seqs = train_sequences(run, train)
-    row["samples"] = {
+    return {
         "hmm_hits": metrics["hmm_hit_fraction"],
         "nearest_train_identity": metrics["nearest_train_identity"]["mean"],
         "near_copies": metrics["nearest_train_identity"]["frac_ge_0.9"],
         "identical_to_train": sum(s in train_seqs for s in samples) / len(samples),
     }
-    return row
+
+
+def text_copies(run: Path, width: int = 32) -> dict:
+    """How much of the samples is training text: the mean fraction of a sample's `width`-character windows
+    found verbatim in the training documents, and the fraction of samples with at least half copied."""
+    from ddlm.data.text import load_splits
+
+    data = json.loads((run / "config.json").read_text())["data"]
+    splits = load_splits(data["spec"], data.get("max_docs"), data.get("validation_fraction", 0.0))
+    seen = {d[i : i + width] for d in splits.train for i in range(len(d) - width + 1)}
+    text = (run / "samples.txt").read_text(encoding="utf-8")
+    samples = [s.split("\n", 1)[1] for s in re.split(r"^=== sample \d+ .*===$", text, flags=re.M) if s.strip()]
+    fractions = []
+    for sample in samples:
+        windows = [sample[i : i + width] for i in range(len(sample) - width + 1)]
+        fractions.append(sum(w in seen for w in windows) / max(1, len(windows)))
+    return {
+        "copied_windows": statistics.mean(fractions),
+        "half_copied": sum(f >= 0.5 for f in fractions) / len(fractions),
+        "window": width,
+    }
 
 
 def earlier_seconds(run: Path) -> float:
@@ -130,6 +162,9 @@ def table(results: dict) -> str:
         exact_text = f"{exact['exact_bits']:.3f} / {exact['bound_bits']:.3f} (N={exact['sequences']})" if exact else "-"
         best = r["best"] or {}
         s = r["samples"]
+        if "copied_windows" in s:  # a text run: the copied windows stand in the identity columns
+            s = {"hmm_hits": math.nan, "nearest_train_identity": s["copied_windows"], "near_copies": s["half_copied"],
+                 "identical_to_train": math.nan}  # fmt: skip
         lines.append(
             f"| {m['objective']} | {dropout(m)} | {m['records']} | {m['seed']} | {r['steps']} | {r['epochs']:.0f} | "
             f"{r['minutes']:.1f} | {best.get('epoch', float('nan')):.0f} | {best.get('bits', float('nan')):.3f} | "
@@ -140,7 +175,7 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(curves: dict, out: Path) -> None:
+def plot(curves: dict, titles: dict, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -160,7 +195,7 @@ def plot(curves: dict, out: Path) -> None:
                     label=f"{m['objective']} dropout {dropout(m)} seed {m['seed']}")  # fmt: skip
             ax.set_xlabel("epochs" if key == "epoch" else "minutes (one thread)")
             ax.set_ylabel("validation bits / token (EMA)")
-            ax.set_title(f"ACYP, {m['records']} training records, identity:0.5 split")
+            ax.set_title(titles[name])
             ax.grid(alpha=0.3)
     for ax in axes.flat:
         ax.legend(fontsize=8)
@@ -174,10 +209,12 @@ def main() -> None:
     parser.add_argument("--exact-sequences", type=int, default=300)
     parser.add_argument("--out", type=Path, default=Path("docs/data_constrained"))
     args = parser.parse_args()
-    runs = sorted(
-        p for p in args.runs.iterdir() if p.is_dir() and RUN_NAME.match(p.name) and (p / "summary.json").is_file()
+    # every run's curve; the table only of runs that finished (a run stopped by a signal has no summary)
+    curved = sorted(
+        p for p in args.runs.iterdir() if p.is_dir() and RUN_NAME.match(p.name) and (p / "metrics.jsonl").is_file()
     )
-    curves = {run.name: curve(run) for run in runs}
+    runs = [p for p in curved if (p / "summary.json").is_file()]
+    curves = {run.name: curve(run) for run in curved}
     results = {}
     for run in runs:
         print(f"measuring {run.name}...", file=sys.stderr)
@@ -199,7 +236,13 @@ def main() -> None:
     args.out.with_suffix(".json").write_text(
         json.dumps({"runs": results, "curves": curves, "groups": spread}, indent=1)
     )
-    plot(curves, args.out.with_suffix(".png"))
+    titles = {
+        run.name: f"TinyStories characters, {RUN_NAME.match(run.name)['records']} training stories"
+        if is_text(run)
+        else f"ACYP, {RUN_NAME.match(run.name)['records']} training records, identity:0.5 split"
+        for run in curved
+    }
+    plot(curves, titles, args.out.with_suffix(".png"))
     print(table(results))
     for k, v in sorted(spread.items()):
         tests, valids = ", ".join(f"{x:.4f}" for x in v["seeds"]), ", ".join(f"{x:.4f}" for x in v["valid_seeds"])
