@@ -6,7 +6,8 @@ likelihood of masked diffusion as it samples with --order top-prob (`ddlm eval -
 the bound on the same records, and the samples of the best checkpoint: profile-HMM hits and identity to the
 nearest training record (`ddlm eval --samples`), and the fraction identical to a training record. Text
 runs (DATA=tinystories in scripts/data_constrained.sh) have no HMM: their samples are measured by how
-much of them is copied, the fraction of each sample's 32-character windows found verbatim in the training text.
+much of them is copied, the fraction of each sample's 32-character windows found verbatim in the
+training text; and no exact likelihood (one network call a position: 256 a sequence).
 
     python scripts/data_constrained.py RUNS [--exact-sequences 300] [--out docs/data_constrained]
 """
@@ -83,12 +84,13 @@ def measure_afresh(run: Path, summary: dict, exact_sequences: int) -> dict:
         "bound": summary["heldout"]["bound"],
     }
     objective = json.loads((run / "config.json").read_text())["objective"]
-    if summary["heldout"]["bound"] != "exact" and objective != "bd3lm":  # DUEL orders a whole sequence at once
-        n = str(exact_sequences // 6 if is_text(run) else exact_sequences)  # a text sequence is 256 steps long
+    # DUEL orders a whole sequence at once (not bd3lm's blocks), one call a position (a text sequence: 256)
+    if summary["heldout"]["bound"] != "exact" and objective != "bd3lm" and not is_text(run):
+        n = str(exact_sequences)
         exact = ddlm("eval", str(run), "--likelihood", "exact", "--max-sequences", n)
         bound = ddlm("eval", str(run), "--max-sequences", n, "--time-samples", "8")
         row["exact_subset"] = {
-            "sequences": int(n),
+            "sequences": exact_sequences,
             "exact_bits": exact["bits_per_token"],
             "bound_bits": bound["bits_per_token"],
             "bound_se": bound["mc_standard_error"],
