@@ -17,7 +17,8 @@ particles together) and sequences per second on --threads threads. The SMC rows 
 property they are scored on (the reward is the property's value, or with --particle-reward, e.g. the
 value capped at the threshold); CFG and predictor guidance are
 trained on labels computed from it. Prints Markdown; --json keeps the rows, --plot draws hit rate
-against network calls.
+against network calls. First it prints the natural floor of the 3-mer columns: what --n held-out natural
+records score against the training records with the property and against all (`--floor-only`: just that).
 """
 
 from __future__ import annotations
@@ -25,15 +26,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import re
+import statistics
 from pathlib import Path
 
 import torch
 
 import ddlm
+from ddlm.data.fasta import read_records
 from ddlm.device import cpu_vector_flags
 from ddlm.evaluate.protein import build_family_hmm, hmm_hits, kmer_js, nearest_identity
 from ddlm.guidance.rewards import parse_reward
+from ddlm.rundir import HELDOUT_FASTA
 
 PROPERTY = re.compile(r"^(?P<reward>[a-z]+)(?P<op>>=|<=)(?P<value>-?[0-9.]+)$")
 
@@ -96,6 +101,24 @@ def reference(run: str, has) -> dict:
     train = model.session.domain.train_records()
     with_property = [t for t, h in zip(train, has(train), strict=True) if h]
     return {"has": has, "train": train, "train_with_property": with_property, "hmm": build_family_hmm(train)}
+
+
+def natural_floor(run: str, ref: dict, n: int, draws: int = 20, seed: int = 0) -> dict:
+    """What natural records score on the 3-mer columns: n held-out records with the property against the
+    training records with it, and n held-out records against all, averaged over `draws` draws. A sample
+    of n natural records is the best a sampler can hope for; with few records that have the property the
+    first is well above the second, whatever the sampler."""
+    held = read_records(Path(run) / HELDOUT_FASTA)
+    held_with = [t for t, h in zip(held, ref["has"](held), strict=True) if h]
+    rng = random.Random(seed)
+    js = lambda pool, against: [kmer_js(rng.sample(pool, n), against, 3) for _ in range(draws)]  # noqa: E731
+    with_property, overall = js(held_with, ref["train_with_property"]), js(held, ref["train"])
+    return {
+        "n": n, "draws": draws, "heldout_with_property": len(held_with),
+        "train_with_property": len(ref["train_with_property"]),
+        "js3_vs_property": statistics.mean(with_property), "js3_vs_property_sd": statistics.stdev(with_property),
+        "js3_vs_all": statistics.mean(overall), "js3_vs_all_sd": statistics.stdev(overall),
+    }  # fmt: skip
 
 
 def predictor_cost(row: dict) -> str:
@@ -168,6 +191,7 @@ def main() -> None:
     p.add_argument("--approx", default="taylor", help="predictor guidance's shift: exact or taylor (default)")
     p.add_argument("--json")
     p.add_argument("--plot")
+    p.add_argument("--floor-only", action="store_true", help="only the natural records' 3-mer JS (no sampling)")
     p.add_argument("--replot", metavar="JSON", help="only redraw --plot from a --json file of an earlier run")
     args = p.parse_args()
     if args.replot:
@@ -177,6 +201,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     _, has = property_test(args.property)
     ref = reference(args.run, has)
+    floor = natural_floor(args.run, ref, args.n, seed=args.seed)
+    print(
+        f"natural floor, {args.n} held-out records a draw ({floor['draws']} draws): 3-mer JS against the "
+        f"{floor['train_with_property']} training records with the property {floor['js3_vs_property']:.3f} "
+        f"(sd {floor['js3_vs_property_sd']:.3f}), against all {floor['js3_vs_all']:.3f} "
+        f"(sd {floor['js3_vs_all_sd']:.3f})",
+        flush=True,
+    )
+    if args.floor_only:
+        return
     results, models = [], {}
     for name, run, options in rows_to_run(args):
         model = models.setdefault(run, ddlm.load(run))
@@ -189,7 +223,7 @@ def main() -> None:
     print(markdown(results))
     if args.json:
         record = {"property": args.property, "n": args.n, "steps": args.steps, "threads": args.threads,
-                  "cpu": cpu_vector_flags(), "rows": results}  # fmt: skip
+                  "cpu": cpu_vector_flags(), "rows": results, "natural_floor": floor}  # fmt: skip
         Path(args.json).write_text(json.dumps(record, indent=1, default=str))
     if args.plot:
         plot(results, Path(args.plot), f"{args.property}: {args.n} samples a row, {args.steps} steps")
