@@ -645,14 +645,12 @@ def load_text(
         "heldout_kept_chars": kept_chars,
         "heldout_chars_per_token": kept_chars / held.numel(),
     }
-    validation = None
-    if splits.validation:
-        validation, info["validation"] = _pack_validation(tok, splits.validation, seq_len, spec)
+    validation = _pack_validation(tok, splits.validation, seq_len, spec, info) if splits.validation else None
     return TextData(tok, seq_len, train, held, info, validation)
 
 
-def _pack_validation(tok: TextTokenizer, docs: list[str], seq_len: int, spec: str) -> tuple[torch.Tensor, dict]:
-    """The validation documents packed as the other parts are, and their counts."""
+def _pack_validation(tok: TextTokenizer, docs: list[str], seq_len: int, spec: str, info: dict) -> torch.Tensor:
+    """The validation documents packed as the other parts are; their counts go to info["validation"]."""
     stream, unk = encode_stream(tok, docs)
     packed, dropped = pack(stream, seq_len)
     if len(packed) == 0:
@@ -660,9 +658,9 @@ def _pack_validation(tok: TextTokenizer, docs: list[str], seq_len: int, spec: st
             f"--data {spec}: the validation part has {stream.numel()} tokens, fewer than one sequence of "
             f"--seq-len {seq_len}; raise --validation-fraction"
         )
-    info = {"documents": len(docs), "chars": sum(map(len, docs)), "tokens": stream.numel(),
-            "sequences": len(packed), "tokens_dropped": dropped, "unk_chars": unk}  # fmt: skip
-    return packed, info
+    info["validation"] = {"documents": len(docs), "chars": sum(map(len, docs)), "tokens": stream.numel(),
+                          "sequences": len(packed), "tokens_dropped": dropped, "unk_chars": unk}  # fmt: skip
+    return packed
 
 
 # ------------------------------------------------------------------------------------------------
