@@ -248,3 +248,10 @@ def test_text_run_keeps_its_best_on_a_validation_part(tmp_path):
     assert main(train_argv(text, plain, steps=1, samples=0, seq_len=32)) == 0
     assert torch.equal(text_split(out).heldout, text_split(plain).heldout) and text_split(plain).validation is None
     assert main(["train", "--out", str(out), "--resume", "--steps", "25", "--samples", "0", "--quiet"]) == 0
+    # a new story that lands in the validation part (not the held-out one): --resume refuses the changed text
+    new = next(
+        d for d in (" ".join(rng.choices(words, k=30)) for _ in range(10_000))
+        if splits.digest("validation:" + d) < 0.05 and not proteins.is_heldout(d, 0.05)
+    )  # fmt: skip
+    text.write_text(text.read_text() + "\n\n" + new)
+    assert main(["train", "--out", str(out), "--resume", "--steps", "30", "--samples", "0", "--quiet"]) == 2
