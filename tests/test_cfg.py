@@ -374,7 +374,7 @@ def test_label_flags_refused_where_they_do_not_apply(tmp_path, capsys):
     text = tmp_path / "t.txt"
     text.write_text("hello world\n" * 50)
     code, run = train(tmp_path, text, "--labels", "headers", out="text")
-    assert code == 2 and "FASTA data only" in capsys.readouterr().err and not run.exists()
+    assert code == 2 and "FASTA headers only" in capsys.readouterr().err and not run.exists()
     fasta.write_text(fasta.read_text().replace(">r0 some", ">r0 label=pos some"))
     table = tmp_path / "lab.tsv"
     table.write_text("".join(f"r{i}\t{'pos' if i % 2 else 'neg'}\n" for i in range(80)))

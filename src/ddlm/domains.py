@@ -19,7 +19,7 @@ import torch
 from .config import TrainConfig
 from .data import proteins
 from .data.fasta import write_fasta
-from .data.labels import encode_labels
+from .data.labels import FROM_HEADERS, encode_labels
 from .data.splits import split_from_spec
 from .data.tokenizers import CharTokenizer
 from .errors import UserError
@@ -161,12 +161,17 @@ def validation_fraction(args, default: bool = False) -> float | None:
 
 
 def refuse_labels(
-    domain: type[Domain], args, split_flags: tuple[str, ...] = ("split", "validation_fraction", "train_records")
+    domain: type[Domain],
+    args,
+    split_flags: tuple[str, ...] = ("split", "validation_fraction", "train_records"),
+    labels: bool = False,
 ) -> None:
-    """--labels and --label-dropout are for data whose records carry labels (FASTA, for now); the split
-    flags (`split_flags`) for a family of records (FASTA) too."""
-    if getattr(args, "labels", None) is not None or getattr(args, "label_dropout", None) is not None:
-        raise UserError(f"--labels: labelled records are read from FASTA data only, not {domain.name} data")
+    """--labels and --label-dropout are for data whose records carry labels (FASTA, and text files with
+    `labels`); the split flags (`split_flags`) for a family of records (FASTA) too."""
+    if labels and getattr(args, "labels", None) == FROM_HEADERS:
+        raise UserError(f"--labels {FROM_HEADERS}: FASTA headers only; {domain.name} data takes a labels file")
+    if not labels and (getattr(args, "labels", None) is not None or getattr(args, "label_dropout", None) is not None):
+        raise UserError(f"--labels: labelled records are read from FASTA or text files, not {domain.name} data")
     for flag in split_flags:
         if getattr(args, flag, None) is not None:
             raise UserError(f"--{flag.replace('_', '-')}: applies to FASTA data only, not {domain.name} data")
@@ -378,7 +383,7 @@ class TextDomain(Domain):
 
     @classmethod
     def config_from_flags(cls, spec, args):
-        refuse_labels(cls, args, split_flags=("split", "train_records"))  # --max-docs is text's subset
+        refuse_labels(cls, args, split_flags=("split", "train_records"), labels=True)  # --max-docs: text's subset
         fraction = validation_fraction(args)
         return {
             "spec": spec,
@@ -386,8 +391,9 @@ class TextDomain(Domain):
             "tokenizer": args.tokenizer,
             "seq_len": args.seq_len,
             "max_docs": args.max_docs,
-            # present only with a validation part, so a run's config is as before without one
+            # present only with a validation part or labels, so a run's config is as before without them
             **({"validation_fraction": fraction} if fraction else {}),
+            **({"labels": args.labels} if getattr(args, "labels", None) is not None else {}),
         }
 
     @property
@@ -410,7 +416,7 @@ class TextDomain(Domain):
         cfg = self.cfg
         return text.load_text(
             cfg["spec"], cfg.get("tokenizer", "char"), self.length, self.run_dir, cfg.get("max_docs"),
-            cfg.get("validation_fraction", 0.0),
+            cfg.get("validation_fraction", 0.0), cfg.get("labels"),
         )  # fmt: skip
 
     def prepare(self):
@@ -418,7 +424,7 @@ class TextDomain(Domain):
 
         data = self._read()
         text.save_split(data, self.run_dir)
-        self._tokenizer = data.tokenizer
+        self._tokenizer, self._data = data.tokenizer, data
         return data.train, data.heldout, data.info
 
     def reload(self):
@@ -430,7 +436,37 @@ class TextDomain(Domain):
         )
         if not torch.equal(saved.heldout, data.heldout) or not same_validation:
             raise UserError(f"--data {self.cfg['spec']}: the text has changed since the run was started")
+        if saved.labels != (data.labels and {k: v for k, v in data.labels.items() if k != "train"}):
+            raise UserError(f"--labels {self.cfg['labels']}: the labels have changed since the run was started")
+        self._data = data
         return data.train, data.heldout, data.info
+
+    _data = None  # what prepare() or reload() read: the training sequences' labels
+
+    def label_names(self):
+        if not self.cfg.get("labels"):
+            return None
+        data = self._data or self._read()
+        return sorted({y for part in data.labels.values() for y in part})
+
+    def train_labels(self, names):
+        if not self.cfg.get("labels"):
+            return None
+        data = self._data or self._read()
+        return encode_labels(data.labels["train"], names, f"--labels {self.cfg['labels']}")
+
+    def _saved_labels(self, part: str, names: list[str]) -> torch.Tensor | None:
+        from .data import text
+
+        if not self.cfg.get("labels"):
+            return None
+        return encode_labels(text.load_saved(self.run_dir).labels[part], names, str(self.run_dir / text.TEXT_SPLIT))
+
+    def heldout_labels(self, names):
+        return self._saved_labels("heldout", names)
+
+    def validation_labels(self, names):
+        return self._saved_labels("validation", names) if "validation_fraction" in self.cfg else None
 
     def heldout(self) -> torch.Tensor:
         from .data import text

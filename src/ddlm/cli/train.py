@@ -410,9 +410,10 @@ def add_data_arguments(t) -> None:
     )
     t.add_argument(
         "--labels",
-        metavar="FILE.tsv|" + FROM_HEADERS,
+        metavar="FILE|" + FROM_HEADERS,
         help="FASTA: a label per record, from a table ('record id<TAB>label' lines) or, with 'headers', from "
-        "each header's label=VALUE; the model learns p(x | label) for ddlm sample --condition",
+        "each header's label=VALUE; a text file (documents separated by blank lines): a file whose line i is "
+        "the label of document i; the model learns p(x | label) for ddlm sample --condition",
     )
 
 

@@ -49,6 +49,11 @@ part; elsewhere they are chosen among the training documents that ``--max-docs``
 Packing: the documents of a split are joined with EOT (``d1 EOT d2 EOT ... dn``, no EOT after the last),
 the token stream is cut into consecutive sequences of ``seq_len`` tokens (`--seq-len`) and the last partial
 one is dropped (``info["<split>_tokens_dropped"]``). Every position of a sequence is a real token.
+
+Labels (`--labels FILE`, a text file's documents only, for classifier-free guidance): line i of FILE is
+the label (one word) of document i of the file, counted before ``--max-docs``. Each part is then packed
+label by label (the documents of one label joined and cut on their own), so every sequence is text of
+one label, and the held-out and validation sequences keep theirs for ``ddlm eval``'s bound given the label.
 """
 
 from __future__ import annotations
@@ -328,6 +333,7 @@ class TextSplits:
     heldout: list[str]
     info: dict = field(default_factory=dict)
     validation: list[str] = field(default_factory=list)
+    label_of: dict[str, str] | None = None  # with --labels: each document's label, by its text
 
 
 def carve_validation(docs: list[str], fraction: float) -> tuple[list[str], list[str], str]:
@@ -351,7 +357,7 @@ def _with_validation(splits: TextSplits, fraction: float) -> TextSplits:
     if not fraction or splits.validation:
         return splits
     train, valid, how = carve_validation(splits.train, fraction)
-    return TextSplits(train, splits.heldout, {**splits.info, "validation_split": how}, valid)
+    return TextSplits(train, splits.heldout, {**splits.info, "validation_split": how}, valid, splits.label_of)
 
 
 def read_text_file(path: Path, flag: str | None = None) -> str:
@@ -489,10 +495,11 @@ def _text8(max_docs: int | None) -> TextSplits:
     return TextSplits([text[:90_000_000]], [text[90_000_000:95_000_000]], info)
 
 
-def _text_file(path: Path, max_docs: int | None) -> TextSplits:
+def _text_file(path: Path, max_docs: int | None, labels: str | None = None) -> TextSplits:
     text = read_text_file(path, "--data")
     docs = [d for d in BLANK_LINES.split(_without_final_newline(text)) if d.strip()]
     total = len(docs)
+    label_of = read_document_labels(labels, docs, path) if labels else None
     if max_docs is not None:
         if max_docs < 1:
             raise UserError(f"--max-docs {max_docs}: must be at least 1")
@@ -509,12 +516,48 @@ def _text_file(path: Path, max_docs: int | None) -> TextSplits:
             f"{'held-out' if not held else 'training'} split (5% of documents, chosen by SHA-256); add documents, "
             "or remove the blank lines to make it one document whose last 5% of characters are held out"
         )
-    return TextSplits(train, held, {**info, "heldout_split": "5% of documents, chosen by SHA-256 of their text"})
+    info["heldout_split"] = "5% of documents, chosen by SHA-256 of their text"
+    return TextSplits(train, held, info, label_of=label_of)
 
 
-def load_splits(spec: str, max_docs: int | None = None, validation_fraction: float = 0.0) -> TextSplits:
+def read_document_labels(path: str, docs: list[str], data: Path) -> dict[str, str]:
+    """document text -> label, from a labels file: line i (one word) labels document i of `data` (its
+    documents as separated by blank lines, counted before --max-docs). A label count that is not the
+    document count, a blank or many-word line, or one text labelled two ways is a UserError naming
+    the file and line."""
+    lines = _without_final_newline(read_user_text(path, f"--labels {path}")).splitlines()
+    if len(docs) == 1:
+        raise UserError(f"--labels {path}: {data} is one document (no blank lines); labels need documents")
+    if len(lines) != len(docs):
+        raise UserError(
+            f"--labels {path}: {len(lines)} lines, but {data} has {len(docs)} documents (separated by blank "
+            "lines); give one label per line, line i for document i"
+        )
+    label_of: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+    for n, (doc, line) in enumerate(zip(docs, lines, strict=True), start=1):
+        label = line.strip()
+        if len(label.split()) != 1:
+            raise UserError(f"{path}:{n}: expected one label (one word) for document {n}, got {line!r}")
+        if label_of.setdefault(doc, label) != label:
+            raise UserError(
+                f"{path}:{n}: document {n} is the same text as document {first_line[doc]}, labelled "
+                f"{label_of[doc]!r} there and {label!r} here"
+            )
+        first_line.setdefault(doc, n)
+    return label_of
+
+
+def load_splits(
+    spec: str, max_docs: int | None = None, validation_fraction: float = 0.0, labels: str | None = None
+) -> TextSplits:
     """The train, held-out and (with `validation_fraction`) validation documents of `--data spec` (a data
-    set name or a text file's path)."""
+    set name or a text file's path), and with `labels` (a text file's only) each document's label."""
+    if labels and spec in NAMES:
+        raise UserError(
+            f"--labels {labels}: labels name the documents of a text file (--data FILE.txt, documents "
+            f"separated by blank lines), not of --data {spec}; write its documents to such a file"
+        )
     if spec == "tinystories":
         splits = _tinystories(max_docs, validation_fraction)
     elif spec == "tinyshakespeare":
@@ -525,7 +568,7 @@ def load_splits(spec: str, max_docs: int | None = None, validation_fraction: flo
         path = Path(spec)
         if not path.exists():
             raise UserError(f"--data {spec}: not a data set name ({', '.join(NAMES)}) and no such file")
-        splits = _text_file(path, max_docs)
+        splits = _text_file(path, max_docs, labels)
     splits = _with_validation(splits, validation_fraction)
     splits.info = {"data": spec, **splits.info}
     return splits
@@ -543,6 +586,8 @@ class TextData:
     heldout: torch.Tensor  # [M, length] int64
     info: dict
     validation: torch.Tensor | None = None  # [K, length] int64, with --validation-fraction
+    # with --labels: part ("train", "heldout", "validation") -> the label of each of its sequences
+    labels: dict[str, list[str]] | None = None
 
 
 def encode_stream(tokenizer: TextTokenizer, docs: list[str]) -> tuple[torch.Tensor, int]:
@@ -567,6 +612,32 @@ def pack(stream: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, int]:
     return stream[: n * seq_len].reshape(n, seq_len).clone(), stream.numel() - n * seq_len
 
 
+@dataclass
+class Packed:
+    """One part's documents as sequences: `labels` (with --labels) the label of each sequence."""
+
+    sequences: torch.Tensor
+    labels: list[str] | None
+    tokens: int  # of the joined stream(s), EOTs included
+    dropped: int
+    unk: int
+
+
+def pack_part(tok: TextTokenizer, docs: list[str], seq_len: int, label_of: dict[str, str] | None) -> Packed:
+    """The documents joined with EOT and cut into sequences. With labels, the documents of each label
+    (in sorted order) are joined and cut on their own, so that every sequence is text of one label: the
+    training pairs (x, y) of a model of p(x | y)."""
+    if label_of is None:
+        stream, unk = encode_stream(tok, docs)
+        sequences, dropped = pack(stream, seq_len)
+        return Packed(sequences, None, stream.numel(), dropped, unk)
+    names = sorted(set(label_of.values()))
+    groups = [pack_part(tok, [d for d in docs if label_of[d] == y], seq_len, None) for y in names]
+    labels = [y for y, g in zip(names, groups, strict=True) for _ in range(len(g.sequences))]
+    sequences = torch.cat([g.sequences for g in groups]) if groups else torch.zeros(0, seq_len, dtype=torch.long)
+    return Packed(sequences, labels, *(sum(getattr(g, k) for g in groups) for k in ("tokens", "dropped", "unk")))
+
+
 def load_text(
     spec: str,
     tokenizer: str = "char",
@@ -574,11 +645,14 @@ def load_text(
     run_dir: Path | None = None,
     max_docs: int | None = None,
     validation_fraction: float = 0.0,
+    labels: str | None = None,
 ) -> TextData:
     """Read `--data spec`, build the tokenizer on the training split, and pack both splits into sequences.
 
     A BPE tokenizer is trained on the training split and, with `run_dir`, saved as RUN/tokenizer.json; if
-    that file already exists it must be the same tokenizer (same data, same N), else UserError.
+    that file already exists it must be the same tokenizer (same data, same N), else UserError. With
+    `labels` (a labels file of a text file's documents) each part is packed label by label (`pack_part`)
+    and `labels` of the result gives each sequence's label.
 
     `info` has, per split (train, heldout): documents, chars (characters of the documents, separators
     excluded), tokens (the whole stream, EOTs included), sequences, tokens_dropped; and heldout_unk_chars
@@ -591,38 +665,20 @@ def load_text(
     document break. So bits per character = bits per token / heldout_chars_per_token, over the same
     kept sequences. It is exactly 1 for the char tokenizer.
     """
-    n_bpe = parse_tokenizer_spec(tokenizer)
     if seq_len < 1:
         raise UserError(f"--seq-len {seq_len}: must be at least 1")
-    splits = load_splits(spec, max_docs, validation_fraction)
-    if n_bpe is None:
-        tok: TextTokenizer = TextCharTokenizer.from_text(splits.train)
-    else:
-        tok = BPETokenizer.train(splits.train, n_bpe)
-        if run_dir is not None:
-            path = Path(run_dir) / BPETokenizer.FILE
-            if path.is_file():
-                if BPETokenizer.load(path).to_str() != tok.to_str():
-                    raise UserError(
-                        f"{path}: the run directory holds a different tokenizer than the one trained now from "
-                        f"--data {spec} --tokenizer {tokenizer}; use a new run directory"
-                    )
-            else:
-                tok.save_to(run_dir)
-            tok = BPETokenizer.load(path)
-    train_stream, _ = encode_stream(tok, splits.train)
-    held_stream, unk = encode_stream(tok, splits.heldout)
-    train, train_dropped = pack(train_stream, seq_len)
-    held, held_dropped = pack(held_stream, seq_len)
-    for name, packed, stream in (("training", train, train_stream), ("held-out", held, held_stream)):
-        if len(packed) == 0:
+    splits = load_splits(spec, max_docs, validation_fraction, labels)
+    tok = _build_tokenizer(splits.train, tokenizer, spec, run_dir)
+    train, held = (pack_part(tok, docs, seq_len, splits.label_of) for docs in (splits.train, splits.heldout))
+    for name, part in (("training", train), ("held-out", held)):
+        if len(part.sequences) == 0:
             raise UserError(
-                f"--data {spec}: the {name} split has {stream.numel()} tokens, fewer than one sequence of "
+                f"--data {spec}: the {name} split has {part.tokens} tokens, fewer than one sequence of "
                 f"--seq-len {seq_len}"
             )
-    kept_chars = int(tok.chars_per_id()[held].sum())
+    kept_chars = int(tok.chars_per_id()[held.sequences].sum())
     unknown = ""
-    if unk:
+    if held.unk:
         alphabet = set(tok.alphabet)
         unknown = "".join(sorted({c for d in splits.heldout for c in d} - alphabet))
     info = {
@@ -634,33 +690,59 @@ def load_text(
         "heldout_documents": len(splits.heldout),
         "train_chars": sum(map(len, splits.train)),
         "heldout_chars": sum(map(len, splits.heldout)),
-        "train_tokens": train_stream.numel(),
-        "heldout_tokens": held_stream.numel(),
-        "train_sequences": len(train),
-        "heldout_sequences": len(held),
-        "train_tokens_dropped": train_dropped,
-        "heldout_tokens_dropped": held_dropped,
-        "heldout_unk_chars": unk,
+        "train_tokens": train.tokens,
+        "heldout_tokens": held.tokens,
+        "train_sequences": len(train.sequences),
+        "heldout_sequences": len(held.sequences),
+        "train_tokens_dropped": train.dropped,
+        "heldout_tokens_dropped": held.dropped,
+        "heldout_unk_chars": held.unk,
         "heldout_unknown_characters": unknown,
         "heldout_kept_chars": kept_chars,
-        "heldout_chars_per_token": kept_chars / held.numel(),
+        "heldout_chars_per_token": kept_chars / held.sequences.numel(),
+        **({"labels": labels} if labels else {}),
     }
-    validation = _pack_validation(tok, splits.validation, seq_len, spec, info) if splits.validation else None
-    return TextData(tok, seq_len, train, held, info, validation)
+    valid = _pack_validation(tok, splits, seq_len, spec, info) if splits.validation else None
+    labels_of = {"train": train.labels, "heldout": held.labels} | ({"validation": valid.labels} if valid else {})
+    return TextData(
+        tok, seq_len, train.sequences, held.sequences, info, None if valid is None else valid.sequences,
+        labels_of if splits.label_of else None,
+    )  # fmt: skip
 
 
-def _pack_validation(tok: TextTokenizer, docs: list[str], seq_len: int, spec: str, info: dict) -> torch.Tensor:
-    """The validation documents packed as the other parts are; their counts go to info["validation"]."""
-    stream, unk = encode_stream(tok, docs)
-    packed, dropped = pack(stream, seq_len)
-    if len(packed) == 0:
+def _build_tokenizer(train: list[str], tokenizer: str, spec: str, run_dir: Path | None) -> TextTokenizer:
+    """The char tokenizer of the training text, or a BPE tokenizer trained on it; with `run_dir`, the
+    BPE one is saved as RUN/tokenizer.json, and one already there must be the same (else UserError)."""
+    n_bpe = parse_tokenizer_spec(tokenizer)
+    if n_bpe is None:
+        return TextCharTokenizer.from_text(train)
+    tok = BPETokenizer.train(train, n_bpe)
+    if run_dir is None:
+        return tok
+    path = Path(run_dir) / BPETokenizer.FILE
+    if not path.is_file():
+        tok.save_to(run_dir)
+    elif BPETokenizer.load(path).to_str() != tok.to_str():
         raise UserError(
-            f"--data {spec}: the validation part has {stream.numel()} tokens, fewer than one sequence of "
+            f"{path}: the run directory holds a different tokenizer than the one trained now from "
+            f"--data {spec} --tokenizer {tokenizer}; use a new run directory"
+        )
+    return BPETokenizer.load(path)
+
+
+def _pack_validation(tok: TextTokenizer, splits: TextSplits, seq_len: int, spec: str, info: dict) -> Packed:
+    """The validation documents packed as the other parts are; their counts go to info["validation"]."""
+    docs = splits.validation
+    part = pack_part(tok, docs, seq_len, splits.label_of)
+    if len(part.sequences) == 0:
+        raise UserError(
+            f"--data {spec}: the validation part has {part.tokens} tokens, fewer than one sequence of "
             f"--seq-len {seq_len}; raise --validation-fraction"
         )
-    info["validation"] = {"documents": len(docs), "chars": sum(map(len, docs)), "tokens": stream.numel(),
-                          "sequences": len(packed), "tokens_dropped": dropped, "unk_chars": unk}  # fmt: skip
-    return packed
+    info["validation"] = {"documents": len(docs), "chars": sum(map(len, docs)), "tokens": part.tokens,
+                          "sequences": len(part.sequences), "tokens_dropped": part.dropped,
+                          "unk_chars": part.unk}  # fmt: skip
+    return part
 
 
 # ------------------------------------------------------------------------------------------------
@@ -689,6 +771,8 @@ def save_split(data: TextData, run_dir: Path) -> None:
     record = {"seq_len": data.length, "tokenizer": data.tokenizer.config()}
     for name, t in parts.items():
         record.update({f"{name}_shape": list(t.shape), f"{name}_sha256": _tensor_sha256(t)})
+    if data.labels is not None:  # what `eval` gives the bound of each held-out sequence
+        record["labels"] = {name: data.labels[name] for name in parts}
     record["info"] = data.info
     (run_dir / TEXT_SPLIT).write_text(json.dumps(record, indent=1, ensure_ascii=False), encoding="utf-8")
 
@@ -729,5 +813,8 @@ def load_saved(run_dir: Path) -> TextData:
             )
         if t.numel() and (t.min() < 0 or t.max() >= tok.vocab_size):
             raise UserError(f"{held_path}: holds ids outside the tokenizer's {tok.vocab_size} tokens")
+    labels = record.get("labels")
+    if labels is not None and any(len(labels.get(name, ())) != len(tensors[name]) for name in names):
+        raise UserError(f"{split_path}: its labels do not match the sequences of {held_path}")
     validation = tensors["validation"] if "validation" in names else None
-    return TextData(tok, L, torch.zeros(0, L, dtype=torch.long), heldout, record["info"], validation)
+    return TextData(tok, L, torch.zeros(0, L, dtype=torch.long), heldout, record["info"], validation, labels)
