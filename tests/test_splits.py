@@ -255,3 +255,36 @@ def test_text_run_keeps_its_best_on_a_validation_part(tmp_path):
     )  # fmt: skip
     text.write_text(text.read_text() + "\n\n" + new)
     assert main(["train", "--out", str(out), "--resume", "--steps", "30", "--samples", "0", "--quiet"]) == 2
+
+
+def test_eval_part_validation_scores_the_whole_validation_part(tmp_path, capsys):
+    """`ddlm eval --part validation` is the bound on all of the validation part (training evaluates a
+    subset), computed here again from the saved part with the same time draws; eval.json keeps the
+    test figure; a run without a validation part refuses the flag with one line."""
+    from ddlm.evaluate.likelihood import evaluate_bound
+
+    text = tmp_path / "stories.txt"
+    words = "the cat sat on a mat and then a dog ran to the park with a red ball".split()
+    rng = random.Random(1)
+    text.write_text("\n\n".join(" ".join(rng.choices(words, k=30)) for _ in range(300)))
+    out = tmp_path / "run"
+    assert main(train_argv(text, out, steps=4, samples=0, seq_len=32, objective="mdlm", validation_fraction=0.2)) == 0
+    capsys.readouterr()
+    argv = ["eval", str(out), "--json", "--quiet", "--time-samples", "2", "--precision", "fp32"]
+    assert main([*argv, "--part", "validation"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert not (out / "eval.json").exists() and result["part"] == "validation"
+    part = text_split(out).validation
+    loaded = load_run(out)
+    direct = evaluate_bound(loaded.net, loaded.objective, part, torch.ones_like(part, dtype=torch.bool), 2, seed=0)
+    assert result["sequences"] == len(part) and result["bits_per_token"] == pytest.approx(direct["bits_per_token"])
+    assert main(argv) == 0
+    held = json.loads(capsys.readouterr().out)
+    assert held["part"] == "heldout" and abs(held["bits_per_token"] - result["bits_per_token"]) > 1e-6
+    assert json.loads((out / "eval.json").read_text())["bits_per_token"] == held["bits_per_token"]
+    plain = tmp_path / "plain"
+    assert main(train_argv(text, plain, steps=1, samples=0, seq_len=32)) == 0
+    capsys.readouterr()
+    assert main(["eval", str(plain), "--part", "validation", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "has no validation part" in err and err.count("\n") == 1

@@ -42,7 +42,7 @@ def cmd_eval(args) -> int:
 def eval_likelihood(args, session: Session) -> tuple[dict, str]:
     """The held-out bound in bits per token (and per character for text), saved as RUN/eval.json."""
     loaded, domain = session.loaded, session.domain
-    heldout = domain.heldout()
+    heldout = evaluated_part(args, domain)
     if args.max_sequences:
         heldout = heldout[: args.max_sequences]
     labels = heldout_labels(args, session)
@@ -66,10 +66,13 @@ def eval_likelihood(args, session: Session) -> tuple[dict, str]:
             loaded.net, loaded.objective, heldout, real_tokens, args.time_samples, seed=args.seed, **common
         )
     bar.close()
-    result.update(domain.per_token_extras(result["bits_per_token"]))
+    if args.part == "heldout":  # the characters per token were counted on the held-out part
+        result.update(domain.per_token_extras(result["bits_per_token"]))
     config = loaded.config
     result.update(objective=config.objective, process=config.process, step=loaded.checkpoint.step, weights="ema")
-    (loaded.run_dir / EVAL).write_text(json.dumps(result, indent=1))
+    result["part"] = args.part
+    if args.part == "heldout":  # eval.json is the test figure; a validation figure is printed only
+        (loaded.run_dir / EVAL).write_text(json.dumps(result, indent=1))
     if config.labels:
         result["given"] = "label" if labels is not None else "null label"
     se = f" +- {result['mc_standard_error']:.4f} (MC s.e.)" if "mc_standard_error" in result else ""
@@ -77,20 +80,36 @@ def eval_likelihood(args, session: Session) -> tuple[dict, str]:
     if config.labels:
         given = ", given each record's label" if labels is not None else ", given the null label"
     line = (
-        f"{result['bits_per_token']:.4f} bits/token{se}: {result['bound']} on {result['sequences']} held-out "
-        f"sequences, {result['tokens']} tokens, step {result['step']}{given}"
+        f"{result['bits_per_token']:.4f} bits/token{se}: {result['bound']} on {result['sequences']} "
+        f"{PART_NAMES[args.part]} sequences, {result['tokens']} tokens, step {result['step']}{given}"
     )
     return result, line
 
 
+PART_NAMES = {"heldout": "held-out", "validation": "validation"}
+
+
+def evaluated_part(args, domain) -> torch.Tensor:
+    """The held-out (test) sequences, or with --part validation the validation part that chose the run's
+    checkpoints (all of it: training evaluates an evenly spaced subset)."""
+    if args.part == "heldout":
+        return domain.heldout()
+    validation = domain.validation()
+    if validation is None:
+        raise UserError(f"--part validation: {args.run} has no validation part (trained without one)")
+    return validation
+
+
 def heldout_labels(args, session: Session):
-    """A labelled run's held-out labels (the bound on -log p(x | y)), or None: an unlabelled run, or
-    --null-label (the bound of the unconditional model the label dropout trained)."""
+    """A labelled run's labels of the evaluated part (the bound on -log p(x | y)), or None: an unlabelled
+    run, or --null-label (the bound of the unconditional model the label dropout trained)."""
     config = session.loaded.config
     if args.null_label and not config.labels:
         raise UserError(f"--null-label: {args.run} was trained without labels")
     if not config.labels or args.null_label:
         return None
+    if args.part == "validation":
+        return session.domain.validation_labels(config.label_names)
     return session.domain.heldout_labels(config.label_names)
 
 
@@ -190,6 +209,13 @@ def add_parser(sub) -> None:
     e.add_argument("--time-samples", type=positive_int, default=8, help="time samples per sequence (diffusion)")
     e.add_argument("--batch-size", type=positive_int, default=64)
     e.add_argument("--max-sequences", type=positive_int, help="evaluate only the first N held-out sequences")
+    e.add_argument(
+        "--part",
+        choices=tuple(PART_NAMES),
+        default="heldout",
+        help="likelihood: the held-out test part (default; written to RUN/eval.json), or the whole validation "
+        "part that chose the checkpoints (printed only; no per-character figure)",
+    )
     e.add_argument("--seed", type=SEED, default=0)
     e.add_argument(
         "--likelihood",
