@@ -13,6 +13,7 @@ import random
 import pytest
 
 from ddlm.cli import main
+from ddlm.data.proteins import is_heldout
 from ddlm.data.text import load_saved, load_text
 from ddlm.errors import UserError
 
@@ -120,11 +121,17 @@ def test_resume_refuses_changed_labels(tmp_path, capsys):
     text, table, _, labels = labelled_text(tmp_path)
     run = tmp_path / "run"
     assert main(train_argv(text, run, "--labels", str(table))) == 0
-    flipped = ["b" if y == "a" else "a" for y in labels]
-    table.write_text("\n".join(flipped) + "\n")
+    # one training document relabelled: the held-out and validation labels are as they were
+    docs = text.read_text().rstrip("\n").split("\n\n")
+    first_train = next(i for i, d in enumerate(docs) if not is_heldout(d, 0.05))
+    changed = list(labels)
+    changed[first_train] = "c"
+    table.write_text("\n".join(changed) + "\n")
     capsys.readouterr()
     assert main(train_argv(text, run, "--labels", str(table), "--resume", steps=6)) == 2
     assert "the labels have changed" in capsys.readouterr().err
+    table.write_text("\n".join(labels) + "\n")
+    assert main(train_argv(text, run, "--labels", str(table), "--resume", steps=6)) == 0
 
 
 def bad_cases(tmp_path):

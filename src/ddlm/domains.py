@@ -436,7 +436,8 @@ class TextDomain(Domain):
         )
         if not torch.equal(saved.heldout, data.heldout) or not same_validation:
             raise UserError(f"--data {self.cfg['spec']}: the text has changed since the run was started")
-        if saved.labels != (data.labels and {k: v for k, v in data.labels.items() if k != "train"}):
+        same_labels = saved.info.get("labels_sha256") == data.info.get("labels_sha256")  # the training ones too
+        if not same_labels or saved.labels != (data.labels and {k: v for k, v in data.labels.items() if k != "train"}):
             raise UserError(f"--labels {self.cfg['labels']}: the labels have changed since the run was started")
         self._data = data
         return data.train, data.heldout, data.info

@@ -700,7 +700,7 @@ def load_text(
         "heldout_unknown_characters": unknown,
         "heldout_kept_chars": kept_chars,
         "heldout_chars_per_token": kept_chars / held.sequences.numel(),
-        **({"labels": labels} if labels else {}),
+        **({"labels": labels, "labels_sha256": sha256_of(Path(labels))} if labels else {}),
     }
     valid = _pack_validation(tok, splits, seq_len, spec, info) if splits.validation else None
     labels_of = {"train": train.labels, "heldout": held.labels} | ({"validation": valid.labels} if valid else {})
