@@ -436,25 +436,27 @@ class TextDomain(Domain):
         )
         if not torch.equal(saved.heldout, data.heldout) or not same_validation:
             raise UserError(f"--data {self.cfg['spec']}: the text has changed since the run was started")
-        same_labels = saved.info.get("labels_sha256") == data.info.get("labels_sha256")  # the training ones too
-        if not same_labels or saved.labels != (data.labels and {k: v for k, v in data.labels.items() if k != "train"}):
+        if saved.info.get("labels_sha256") != data.info.get("labels_sha256"):  # the training labels too
             raise UserError(f"--labels {self.cfg['labels']}: the labels have changed since the run was started")
         self._data = data
         return data.train, data.heldout, data.info
 
     _data = None  # what prepare() or reload() read: the training sequences' labels
 
-    def label_names(self):
+    def _labels(self) -> dict[str, list[str]] | None:
+        """Each part's sequence labels, as prepare() or reload() read them; None for an unlabelled run."""
         if not self.cfg.get("labels"):
             return None
-        data = self._data or self._read()
-        return sorted({y for part in data.labels.values() for y in part})
+        self._data = self._data or self._read()
+        return self._data.labels
+
+    def label_names(self):
+        labels = self._labels()
+        return None if labels is None else sorted({y for part in labels.values() for y in part})
 
     def train_labels(self, names):
-        if not self.cfg.get("labels"):
-            return None
-        data = self._data or self._read()
-        return encode_labels(data.labels["train"], names, f"--labels {self.cfg['labels']}")
+        labels = self._labels()
+        return None if labels is None else encode_labels(labels["train"], names, f"--labels {self.cfg['labels']}")
 
     def _saved_labels(self, part: str, names: list[str]) -> torch.Tensor | None:
         from .data import text

@@ -533,19 +533,18 @@ def read_document_labels(path: str, docs: list[str], data: Path) -> dict[str, st
             f"--labels {path}: {len(lines)} lines, but {data} has {len(docs)} documents (separated by blank "
             "lines); give one label per line, line i for document i"
         )
-    label_of: dict[str, str] = {}
-    first_line: dict[str, int] = {}
+    first: dict[str, tuple[str, int]] = {}  # document text -> (label, line) where it first appears
     for n, (doc, line) in enumerate(zip(docs, lines, strict=True), start=1):
         label = line.strip()
         if len(label.split()) != 1:
             raise UserError(f"{path}:{n}: expected one label (one word) for document {n}, got {line!r}")
-        if label_of.setdefault(doc, label) != label:
+        earlier, m = first.setdefault(doc, (label, n))
+        if earlier != label:
             raise UserError(
-                f"{path}:{n}: document {n} is the same text as document {first_line[doc]}, labelled "
-                f"{label_of[doc]!r} there and {label!r} here"
+                f"{path}:{n}: document {n} is the same text as document {m}, labelled {earlier!r} there and "
+                f"{label!r} here"
             )
-        first_line.setdefault(doc, n)
-    return label_of
+    return {doc: label for doc, (label, _) in first.items()}
 
 
 def load_splits(
